@@ -1,0 +1,41 @@
+# Two commands do all set-up on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+APT    := apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends
+# Debian packages the test suite drives for real (browser, load balancer, monitoring).
+TEST_DEBS := chromium nginx prometheus redis-server
+
+.PHONY: run test bench cluster clean apt-test
+
+run: $(STAMP)
+	$(BIN)/scalechat serve
+
+test: $(STAMP) apt-test
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python bench/fanout.py
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+# Installs missing Debian packages (needs root, as in CI); says what is missing otherwise.
+apt-test:
+	@missing=""; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v nginx >/dev/null || test -x /usr/sbin/nginx || missing="$$missing nginx"; \
+	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    (apt-get update -q && $(APT) $$missing) >/dev/null || { echo "apt-get install$$missing failed"; exit 1; }; \
+	  else echo "missing Debian packages:$$missing (run: sudo apt-get install$$missing)"; exit 1; fi; \
+	fi
+
+clean:
+	rm -rf $(VENV) build .pytest_cache

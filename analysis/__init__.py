@@ -1,0 +1,1 @@
+"""Analysis of load-test results; imports nothing from services/."""

@@ -1,0 +1,1 @@
+"""The chat server: protocol, hub, broker, node and the aiohttp transport."""

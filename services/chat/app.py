@@ -1,0 +1,244 @@
+"""The aiohttp transport: HTTP routes and WebSocket plumbing around the Node.
+
+Every refusal happens before the upgrade with an HTTP status and a reason in
+the body; after the upgrade, errors are ``error`` frames or close codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import jwt
+import orjson
+from aiohttp import WSMsgType, web
+from aiohttp.http_websocket import WebSocketError
+
+from scalechat.chat.broker import create_broker
+from scalechat.chat.connection import Connection
+from scalechat.chat.hub import Hub
+from scalechat.chat.metrics import Metrics
+from scalechat.chat.node import Node
+from scalechat.chat.protocol import CloseCode, parse_since, validate_name, validate_room
+from scalechat.chat.ratelimit import TokenBucket
+from scalechat.chat.settings import Settings
+from scalechat.hostinfo import host_facts
+
+log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).parent / "static"
+NODE_HEADER = "X-Scalechat-Node"
+
+settings_key = web.AppKey("settings", Settings)
+node_key = web.AppKey("node", Node)
+metrics_key = web.AppKey("metrics", Metrics)
+state_key = web.AppKey("state", dict)
+
+
+class Refused(Exception):
+    """An upgrade refused with an HTTP status and a plain-text reason."""
+
+    def __init__(self, status: int, reason: str, label: str) -> None:
+        super().__init__(reason)
+        self.status, self.reason, self.label = status, reason, label
+
+    def response(self) -> web.Response:
+        return web.Response(status=self.status, text=self.reason + "\n")
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application()
+    app[settings_key] = settings
+    app[state_key] = {"draining": False, "facts": host_facts()}
+    app.add_routes([
+        web.get("/", index),
+        web.get("/ws/{room:.*}", websocket),
+        web.get("/healthz", healthz),
+        web.get("/readyz", readyz),
+        web.get("/info", info),
+        web.static("/static", STATIC),
+    ])
+    if settings.debug_endpoints:
+        app.router.add_post("/debug/stall", debug_stall)
+    app.on_response_prepare.append(_tag_node)
+    app.cleanup_ctx.append(_node_ctx)
+    return app
+
+
+async def _node_ctx(app: web.Application):
+    settings = app[settings_key]
+    loop = asyncio.get_running_loop()
+    hub_ref: list[Hub] = []
+    metrics = Metrics(lambda: hub_ref[0].connection_count, lambda: hub_ref[0].room_count,
+                      app[state_key]["facts"])
+    hub = Hub(loop, metrics.observe_processing)
+    hub_ref.append(hub)
+    node = Node(settings, create_broker(settings), metrics, hub)
+    app[metrics_key], app[node_key] = metrics, node
+    if settings.metrics_port:
+        metrics.serve(settings.host, settings.metrics_port)
+    await node.start()
+    yield
+    await node.close_all(CloseCode.GOING_AWAY, "going away", settings.grace_seconds)
+    await node.close()
+    metrics.stop()
+
+
+async def _tag_node(request: web.Request, response: web.StreamResponse) -> None:
+    if node_key in request.app:
+        response.headers[NODE_HEADER] = request.app[node_key].name
+
+
+# --- plain HTTP -----------------------------------------------------------------------
+
+
+async def index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC / "index.html")
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    state, node = request.app[state_key], request.app[node_key]
+    if state["draining"]:
+        return web.json_response({"ready": False, "reason": "shutting down"}, status=503)
+    if not node.broker.ready:
+        return web.json_response({"ready": False, "reason": "broker unavailable"}, status=503)
+    return web.json_response({"ready": True})
+
+
+async def info(request: web.Request) -> web.Response:
+    node, settings = request.app[node_key], request.app[settings_key]
+    body = {
+        "node": node.name,
+        "host": request.app[state_key]["facts"],
+        "connections": node.hub.connection_count,
+        "rooms": node.hub.room_count,
+        "settings": settings.public_dict(),
+    }
+    return web.Response(body=orjson.dumps(body), content_type="application/json")
+
+
+async def debug_stall(request: web.Request) -> web.Response:
+    """Block the event loop on purpose (only with debug_endpoints): a stand-in for saturation."""
+    try:
+        seconds = float(request.query.get("seconds", "1"))
+    except ValueError:
+        return web.Response(status=400, text="seconds must be a number\n")
+    if not 0 <= seconds <= 30:
+        return web.Response(status=400, text="seconds must be between 0 and 30\n")
+    time.sleep(seconds)
+    return web.json_response({"stalled_seconds": seconds})
+
+
+# --- the WebSocket endpoint -----------------------------------------------------------
+
+
+def _admit(request: web.Request) -> tuple[str, str, int | None, str | None]:
+    """Check everything before the upgrade; return (room, name, since, epoch) or raise Refused."""
+    settings, node = request.app[settings_key], request.app[node_key]
+    try:
+        room = validate_room(request.match_info["room"])
+    except ValueError as exc:
+        raise Refused(400, str(exc), "bad_room") from None
+    if request.app[state_key]["draining"]:
+        raise Refused(503, "server is shutting down", "draining")
+    if node.hub.connection_count >= settings.max_connections:
+        raise Refused(503, f"connection limit of {settings.max_connections} reached", "capacity")
+    if not _origin_allowed(request, settings):
+        raise Refused(403, f"origin {request.headers['Origin']!r} is not allowed", "origin")
+    query = request.query
+    if settings.auth_secret:
+        name = _authenticate(query.get("token"), settings.auth_secret)
+    else:
+        name = query.get("name") or f"guest-{secrets.token_hex(2)}"
+    try:
+        name = validate_name(name)
+        since = parse_since(query.get("since"))
+    except ValueError as exc:
+        raise Refused(400, str(exc), "bad_query") from None
+    return room, name, since, query.get("epoch") or None
+
+
+def _origin_allowed(request: web.Request, settings: Settings) -> bool:
+    origin = request.headers.get("Origin")
+    if origin is None or "*" in settings.allowed_origins or origin in settings.allowed_origins:
+        return True
+    return urlsplit(origin).netloc.lower() == request.host.lower()
+
+
+def _authenticate(token: str | None, secret: str) -> str:
+    if not token:
+        raise Refused(401, "missing ?token=: this server requires a signed token", "auth")
+    try:
+        claims = jwt.decode(token, secret, algorithms=["HS256"])
+    except jwt.ExpiredSignatureError:
+        raise Refused(401, "token expired", "auth") from None
+    except jwt.InvalidTokenError as exc:
+        raise Refused(401, f"invalid token: {exc}", "auth") from None
+    name = claims.get("name") or claims.get("sub")
+    if not isinstance(name, str):
+        raise Refused(401, "token has no 'name' or 'sub' claim", "auth")
+    return name
+
+
+async def websocket(request: web.Request) -> web.StreamResponse:
+    settings, node = request.app[settings_key], request.app[node_key]
+    try:
+        room, name, since, epoch = _admit(request)
+    except Refused as refusal:
+        node.metrics.connections_refused.labels(reason=refusal.label).inc()
+        return refusal.response()
+    ws = web.WebSocketResponse(
+        heartbeat=settings.heartbeat_seconds, max_msg_size=settings.max_message_bytes,
+        compress=settings.compression, autoping=True)
+    await ws.prepare(request)
+    conn = Connection(ws, request.transport, room, name, settings.send_buffer_bytes,
+                      TokenBucket(settings.rate_limit, settings.rate_burst, time.perf_counter()),
+                      node.hub.schedule_flush, node.condemn_slow)
+    try:
+        await node.join(conn, since, epoch)
+        await _receive_loop(ws, conn, node)
+    except Exception:
+        log.exception("connection to room %s failed", room)
+        await node.close_connection(conn, CloseCode.INTERNAL_ERROR, "internal error")
+    finally:
+        await node.leave(conn)
+        if not ws.closed and not conn.dead:
+            await node.close_connection(conn, CloseCode.NORMAL, "")
+    return ws
+
+
+async def _receive_loop(ws: web.WebSocketResponse, conn: Connection, node: Node) -> None:
+    rejected = node.metrics.rejected
+    while True:
+        msg = await ws.receive()
+        kind = msg.type
+        if kind is WSMsgType.TEXT:
+            if conn.dead:
+                continue
+            close = await node.handle_text(conn, msg.data)
+            if close is not None:
+                await node.close_connection(conn, close, "rate limit exceeded persistently")
+                return
+        elif kind is WSMsgType.BINARY:
+            rejected.labels(reason="binary").inc()
+            await node.close_connection(conn, CloseCode.UNSUPPORTED_DATA,
+                                        "binary frames are not supported; send JSON text")
+            return
+        elif kind is WSMsgType.ERROR:
+            # aiohttp has already closed with the matching code (1009 too big, 1007 bad UTF-8).
+            exc = msg.data
+            code = exc.code if isinstance(exc, WebSocketError) else None
+            label = {CloseCode.MESSAGE_TOO_BIG: "too_big", CloseCode.INVALID_TEXT: "invalid_utf8"}
+            if code in label:
+                rejected.labels(reason=label[code]).inc()
+            return
+        else:  # CLOSE, CLOSING, CLOSED
+            return

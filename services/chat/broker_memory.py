@@ -1,0 +1,135 @@
+"""In-process broker: single node only (replicas would each have their own rooms).
+
+Memory is bounded: each room keeps at most ``history_size`` messages; an empty
+room is forgotten after ``room_idle_seconds``, and at most ``max_rooms`` empty
+rooms are kept (least recently active forgotten first). A forgotten or
+restarted room starts a new epoch, so a stale ``since`` is reported as lost
+continuity rather than silently resumed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from collections import OrderedDict, deque
+
+from scalechat.chat.broker import Deliver, DeliverEvent, Draft, History, select_history
+from scalechat.chat.protocol import encode_message
+from scalechat.chat.settings import Settings
+
+
+class _Room:
+    __slots__ = ("epoch", "seq", "entries", "subscribed", "members", "last_active")
+
+    def __init__(self, history_size: int, now: float) -> None:
+        self.epoch = secrets.token_hex(4)
+        self.seq = 0
+        self.entries: deque[tuple[int, bytes]] = deque(maxlen=history_size)
+        self.subscribed = False
+        self.members = 0
+        self.last_active = now
+
+
+class MemoryBroker:
+    """Delivers synchronously inside ``publish``; never unavailable."""
+
+    def __init__(self, settings: Settings, clock=time.monotonic) -> None:
+        self._settings = settings
+        self._clock = clock
+        self._rooms: dict[str, _Room] = {}
+        # Rooms with no subscriber, least recently active first.
+        self._idle: OrderedDict[str, None] = OrderedDict()
+        self._deliver: Deliver | None = None
+        self._deliver_event: DeliverEvent | None = None
+        self._sweeper: asyncio.Task | None = None
+
+    @property
+    def ready(self) -> bool:
+        return True
+
+    @property
+    def room_count(self) -> int:
+        return len(self._rooms)
+
+    async def start(self, deliver: Deliver, deliver_event: DeliverEvent) -> None:
+        self._deliver, self._deliver_event = deliver, deliver_event
+        self._sweeper = asyncio.create_task(self._sweep_forever())
+
+    async def close(self) -> None:
+        if self._sweeper:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+
+    def _room(self, name: str) -> _Room:
+        room = self._rooms.get(name)
+        if room is None:
+            room = self._rooms[name] = _Room(self._settings.history_size, self._clock())
+            self._mark_idle(name)
+        return room
+
+    def _mark_idle(self, name: str) -> None:
+        self._idle[name] = None
+        self._idle.move_to_end(name)
+        while len(self._idle) > self._settings.max_rooms:
+            oldest, _ = self._idle.popitem(last=False)
+            del self._rooms[oldest]
+
+    async def subscribe(self, room: str) -> None:
+        state = self._room(room)
+        state.subscribed = True
+        self._idle.pop(room, None)
+
+    async def unsubscribe(self, room: str) -> None:
+        state = self._rooms.get(room)
+        if state is not None and state.subscribed:
+            state.subscribed = False
+            state.last_active = self._clock()
+            self._mark_idle(room)
+
+    async def publish(self, draft: Draft) -> int:
+        state = self._room(draft.room)
+        state.seq += 1
+        seq = state.seq
+        payload = encode_message(draft.room, seq, state.epoch, draft.sender, draft.text,
+                                 int(time.time() * 1000), draft.cid)
+        state.entries.append((seq, payload))
+        state.last_active = self._clock()
+        if state.subscribed:
+            self._deliver(draft.room, seq, payload, draft.received_at)
+        return seq
+
+    async def publish_event(self, room: str, payload: bytes) -> None:
+        state = self._rooms.get(room)
+        if state is not None and state.subscribed:
+            self._deliver_event(room, payload)
+
+    async def presence(self, room: str, delta: int) -> int:
+        state = self._room(room)
+        state.members = max(0, state.members + delta)
+        return state.members
+
+    async def history(self, room: str, since: int | None, epoch: str | None,
+                      limit: int) -> History:
+        state = self._room(room)
+        return select_history(state.entries, state.epoch, state.seq, since, epoch, limit)
+
+    def sweep(self) -> int:
+        """Forget rooms idle for longer than room_idle_seconds; return how many."""
+        deadline = self._clock() - self._settings.room_idle_seconds
+        forgotten = 0
+        for name in list(self._idle):
+            if self._rooms[name].last_active > deadline:
+                break  # _idle is ordered by last activity
+            del self._idle[name]
+            del self._rooms[name]
+            forgotten += 1
+        return forgotten
+
+    async def _sweep_forever(self) -> None:
+        interval = min(max(self._settings.room_idle_seconds / 4, 0.05), 30.0)
+        while True:
+            await asyncio.sleep(interval)
+            self.sweep()

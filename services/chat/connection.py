@@ -1,0 +1,106 @@
+"""The outgoing side of one client socket: non-blocking, bounded, coalesced.
+
+``push`` never awaits and never blocks a broadcast. Frames queue in memory and
+are written in one ``transport.write`` per event-loop tick (see Hub). The bytes
+waiting for a connection (queued here plus in the transport) are bounded by
+``limit`` (plus the history frame sent on join): past it the connection is condemned as a slow consumer and its owner
+closes it with 1013.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from aiohttp import WSMsgType, web
+
+from scalechat.chat.ratelimit import TokenBucket
+
+
+class Connection:
+    __slots__ = ("ws", "transport", "room", "name", "limit", "bucket", "_pending",
+                 "_pending_bytes", "_held", "dead", "_schedule_flush", "on_overflow", "_deflate", "_deflater")
+
+    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport, room: str,
+                 name: str, limit: int, bucket: TokenBucket,
+                 schedule_flush: Callable[["Connection"], None],
+                 on_overflow: Callable[["Connection"], None]) -> None:
+        self.ws = ws
+        self.transport = transport
+        self.room = room
+        self.name = name
+        self.limit = limit
+        self.bucket = bucket
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self._held: list[tuple[int, bytes]] | None = None
+        self.dead = False
+        self._schedule_flush = schedule_flush
+        self.on_overflow = on_overflow
+        # With permessage-deflate negotiated, frames go through aiohttp's compressor one
+        # by one (a zlib stream per connection): the costly path the default avoids.
+        self._deflate = bool(ws.compress)
+        self._deflater: asyncio.Task | None = None
+
+    def push(self, frame: bytes, seq: int = 0) -> None:
+        """Queue one frame; ``seq`` lets a held connection drop what its history covers."""
+        if self.dead:
+            return
+        if self._held is not None:
+            self._held.append((seq, frame))
+            return
+        if not self._pending:
+            self._schedule_flush(self)
+        self._pending.append(frame)
+        self._pending_bytes += len(frame)
+        if self._pending_bytes > self.limit:
+            self._condemn()
+
+    def hold(self) -> None:
+        """Keep live frames aside until the history frame is sent (see release)."""
+        self._held = []
+
+    def release(self, first: bytes, last_seq: int) -> None:
+        """Send ``first`` (the history), then held frames it does not already cover.
+
+        The history frame is bounded by history_on_join x max_message_bytes and
+        may exceed the send buffer, so the bound grows by its size.
+        """
+        held, self._held = self._held or [], None
+        self.limit += len(first)
+        self.push(first)
+        for seq, frame in held:
+            if seq == 0 or seq > last_seq:
+                self.push(frame)
+
+    def flush(self) -> None:
+        if self.dead or not self._pending:
+            return
+        if self._pending_bytes + self.transport.get_write_buffer_size() > self.limit:
+            self._condemn()
+            return
+        if self._deflate:
+            if self._deflater is None or self._deflater.done():
+                self._deflater = asyncio.get_running_loop().create_task(self._write_deflated())
+            return
+        data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
+        self._pending.clear()
+        self._pending_bytes = 0
+        if not self.transport.is_closing():
+            self.transport.write(data)
+
+    async def _write_deflated(self) -> None:
+        while self._pending and not self.dead:
+            frame = self._pending.pop(0)
+            self._pending_bytes -= len(frame)
+            header = 2 if frame[1] < 126 else 4 if frame[1] == 126 else 10
+            try:
+                await self.ws.send_frame(frame[header:], WSMsgType.TEXT)
+            except (ConnectionError, RuntimeError):
+                return
+
+    def _condemn(self) -> None:
+        self.dead = True
+        self._pending.clear()
+        self._pending_bytes = 0
+        self.on_overflow(self)

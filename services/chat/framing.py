@@ -1,0 +1,23 @@
+"""Server-to-client WebSocket framing (RFC 6455 section 5.2), done once per broadcast.
+
+Server frames are never masked (section 5.1), so one frame's bytes are valid
+for every recipient: a broadcast is encoded once and framed once.
+"""
+
+from __future__ import annotations
+
+import struct
+
+_FIN_TEXT = 0x81  # FIN bit + opcode 0x1 (text)
+_LEN16 = struct.Struct("!BBH")
+_LEN64 = struct.Struct("!BBQ")
+
+
+def frame_text(payload: bytes) -> bytes:
+    """One unmasked, unfragmented text frame carrying ``payload`` (UTF-8 JSON)."""
+    n = len(payload)
+    if n < 126:
+        return bytes((_FIN_TEXT, n)) + payload
+    if n < 65536:
+        return _LEN16.pack(_FIN_TEXT, 126, n) + payload
+    return _LEN64.pack(_FIN_TEXT, 127, n) + payload

@@ -1,0 +1,103 @@
+"""The memory broker's history, resume rules and bounds."""
+
+import asyncio
+
+import orjson
+import pytest
+
+from scalechat.chat.broker import Draft
+from scalechat.chat.broker_memory import MemoryBroker
+from scalechat.chat.settings import Settings
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+async def broker():
+    clock = Clock()
+    b = MemoryBroker(Settings(history_size=5, history_on_join=3, room_idle_seconds=60, max_rooms=3),
+                     clock=clock)
+    delivered = []
+    await b.start(lambda room, seq, payload, t: delivered.append((room, seq, orjson.loads(payload))),
+                  lambda room, payload: delivered.append((room, None, orjson.loads(payload))))
+    b.clock, b.delivered = clock, delivered
+    yield b
+    await b.close()
+
+
+async def publish(b, room, text):
+    return await b.publish(Draft(room, "alice", text, None, 0.0))
+
+
+def seqs(history):
+    return [orjson.loads(p)["seq"] for p in history.messages]
+
+
+async def test_seq_starts_at_one_without_gaps_and_only_subscribed_rooms_deliver(broker):
+    await broker.subscribe("a")
+    assert [await publish(broker, "a", str(i)) for i in range(3)] == [1, 2, 3]
+    assert await publish(broker, "b", "x") == 1
+    assert [(r, s) for r, s, _ in broker.delivered] == [("a", 1), ("a", 2), ("a", 3)]
+
+
+async def test_history_is_bounded_and_since_resumes_exactly(broker):
+    await broker.subscribe("a")
+    for i in range(8):
+        await publish(broker, "a", str(i))
+    latest = await broker.history("a", None, None, 3)
+    assert seqs(latest) == [6, 7, 8] and not latest.continuity_lost and latest.last_seq == 8
+    resumed = await broker.history("a", 5, latest.epoch, 3)
+    assert seqs(resumed) == [6, 7, 8] and not resumed.continuity_lost  # all after since, not limit
+    assert seqs(await broker.history("a", 3, latest.epoch, 3)) == [4, 5, 6, 7, 8]
+    assert seqs(await broker.history("a", 8, latest.epoch, 3)) == []
+
+
+async def test_since_beyond_retained_history_or_other_epoch_loses_continuity(broker):
+    await broker.subscribe("a")
+    for i in range(8):
+        await publish(broker, "a", str(i))
+    epoch = (await broker.history("a", None, None, 3)).epoch
+    too_old = await broker.history("a", 1, epoch, 3)  # seq 2 and 3 were dropped
+    assert too_old.continuity_lost and seqs(too_old) == [6, 7, 8]
+    other = await broker.history("a", 4, "stale-epoch", 3)
+    assert other.continuity_lost and seqs(other) == [6, 7, 8]
+    future = await broker.history("a", 99, epoch, 3)
+    assert future.continuity_lost
+
+
+async def test_idle_rooms_are_forgotten_and_get_a_new_epoch(broker):
+    await broker.subscribe("a")
+    await publish(broker, "a", "x")
+    epoch = (await broker.history("a", None, None, 3)).epoch
+    await broker.unsubscribe("a")
+    broker.clock.now = 30
+    assert broker.sweep() == 0
+    broker.clock.now = 61
+    assert broker.sweep() == 1 and broker.room_count == 0
+    fresh = await broker.history("a", 1, epoch, 3)
+    assert fresh.epoch != epoch and fresh.continuity_lost and fresh.last_seq == 0
+
+
+async def test_idle_room_count_is_capped(broker):
+    for room in "abcdef":
+        await broker.subscribe(room)
+        await publish(broker, room, "x")
+        await broker.unsubscribe(room)
+    assert broker.room_count == 3  # max_rooms idle rooms, least recently active forgotten
+
+
+async def test_rooms_with_members_are_never_forgotten(broker):
+    await broker.subscribe("a")
+    broker.clock.now = 10_000
+    for room in "bcdef":
+        await broker.subscribe(room)
+        await broker.unsubscribe(room)
+    broker.sweep()
+    assert (await broker.history("a", None, None, 1)).epoch
+    assert await publish(broker, "a", "still here") == 1
