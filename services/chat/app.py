@@ -20,6 +20,7 @@ from aiohttp.http_websocket import WebSocketError
 
 from scalechat.chat.broker import create_broker
 from scalechat.chat.connection import Connection
+from scalechat.chat.errors import BrokerUnavailable
 from scalechat.chat.hub import Hub
 from scalechat.chat.metrics import Metrics
 from scalechat.chat.node import Node
@@ -205,6 +206,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     try:
         await node.join(conn, since, epoch)
         await _receive_loop(ws, conn, node)
+    except BrokerUnavailable:
+        await node.close_connection(conn, CloseCode.TRY_AGAIN_LATER, "broker unavailable, retry")
     except Exception:
         log.exception("connection to room %s failed", room)
         await node.close_connection(conn, CloseCode.INTERNAL_ERROR, "internal error")

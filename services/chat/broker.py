@@ -4,7 +4,9 @@ Guarantee (every implementation): ``publish`` returns only after the message is
 stored in the room's history with the next seq (1, 2, 3, ... with no gaps),
 and every node subscribed to the room is then handed it through ``deliver``
 in seq order, at most once per node. If ``publish`` raises
-:class:`BrokerUnavailable` nothing was stored and nothing will be delivered.
+:class:`BrokerUnavailable` the message was not stored, except when a timeout
+hid the store's reply (Redis): it may then still appear, with its ``cid``, so a
+client that resends after ``unavailable`` should dedupe by ``cid``.
 Presence events (``publish_event``) are best effort: at most once, not stored.
 
 Implementations: :mod:`scalechat.chat.broker_memory` (single process only) and

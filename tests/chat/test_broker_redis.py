@@ -1,0 +1,460 @@
+"""The Redis broker against real Redis: order, isolation, history, gaps, outages.
+
+Ordinary tests share the Redis on 127.0.0.1:6379 under a unique key prefix and
+delete their keys; fault tests start a throwaway redis-server on a free port
+and SIGKILL it. The last test runs two ``scalechat serve`` replicas. Every
+wait polls with a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+import subprocess
+import time
+import uuid
+
+import aiohttp
+import orjson
+import pytest
+from redis.asyncio import Redis
+
+from scalechat.chat.broker import Draft
+from scalechat.chat.broker_redis import RoomKeys, RedisBroker
+from scalechat.chat.errors import BrokerUnavailable
+from scalechat.chat.protocol import encode_message
+from scalechat.chat.settings import Settings
+
+pytestmark = pytest.mark.timeout(60)
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+# --- helpers --------------------------------------------------------------------------
+
+
+async def eventually(predicate, timeout: float = 5.0, message: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        await asyncio.sleep(0.01)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Recorder:
+    """The node's side of the broker: what was delivered, in order."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, int, bytes]] = []
+        self.events: list[tuple[str, bytes]] = []
+
+    def deliver(self, room: str, seq: int, payload: bytes, received_at: float) -> None:
+        self.messages.append((room, seq, payload))
+
+    def deliver_event(self, room: str, payload: bytes) -> None:
+        self.events.append((room, payload))
+
+    def seqs(self, room: str) -> list[int]:
+        return [seq for r, seq, _ in self.messages if r == room]
+
+    def payloads(self, room: str) -> list[bytes]:
+        return [p for r, _, p in self.messages if r == room]
+
+
+async def publish(broker: RedisBroker, room: str, text: str, sender: str = "alice",
+                  cid: str | None = None) -> int:
+    return await broker.publish(Draft(room, sender, text, cid, time.perf_counter()))
+
+
+def seqs(history) -> list[int]:
+    return [orjson.loads(p)["seq"] for p in history.messages]
+
+
+@pytest.fixture
+async def redis():
+    client = Redis.from_url(REDIS_URL)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def prefix(redis):
+    """A key prefix of this test alone; its keys are deleted afterwards."""
+    name = f"test-broker-{uuid.uuid4().hex[:12]}"
+    yield name
+    keys = [key async for key in redis.scan_iter(match=f"{name}:*", count=1000)]
+    if keys:
+        await redis.delete(*keys)
+
+
+@pytest.fixture
+async def make_broker(prefix):
+    """Factory: a started RedisBroker ("replica") and the Recorder it delivers to."""
+    brokers: list[RedisBroker] = []
+
+    async def make(**overrides) -> tuple[RedisBroker, Recorder]:
+        overrides.setdefault("redis_url", REDIS_URL)
+        settings = Settings(broker="redis", redis_prefix=prefix,
+                            node_id=f"replica-{len(brokers)}", **overrides)
+        broker, recorder = RedisBroker(settings), Recorder()
+        await broker.start(recorder.deliver, recorder.deliver_event)
+        brokers.append(broker)
+        return broker, recorder
+
+    yield make
+    for broker in brokers:
+        await broker.close()
+
+
+# --- order, isolation, format ---------------------------------------------------------
+
+
+async def test_publish_returns_consecutive_seqs_per_room(make_broker):
+    broker, _ = await make_broker()
+    assert [await publish(broker, "a", str(i)) for i in range(3)] == [1, 2, 3]
+    assert await publish(broker, "b", "x") == 1
+    assert broker.ready
+
+
+async def test_payload_is_byte_for_byte_encode_message(make_broker):
+    broker, rec = await make_broker()
+    await broker.subscribe("fmt")
+    texts = ['quote " back \\ slash / done', "é ü 中文 😀", "ctl \x01 \t \n \x7f", "<b>&amp;</b>"]
+    for i, text in enumerate(texts):
+        await publish(broker, "fmt", text, sender="Zoë \"z\"", cid=None if i % 2 else f"c{i}")
+    await eventually(lambda: len(rec.seqs("fmt")) == len(texts), message="all messages")
+    for i, payload in enumerate(rec.payloads("fmt")):
+        frame = orjson.loads(payload)
+        epoch = frame["id"].rsplit("-", 1)[0]
+        assert payload == encode_message("fmt", i + 1, epoch, 'Zoë "z"', texts[i], frame["ts"],
+                                         None if i % 2 else f"c{i}")
+        assert abs(frame["ts"] - time.time() * 1000) < 60_000  # server time in ms
+
+
+async def test_two_replicas_deliver_every_message_in_the_same_order(make_broker):
+    (a, rec_a), (b, rec_b) = await make_broker(), await make_broker()
+    await a.subscribe("lobby")
+    await b.subscribe("lobby")
+    # Both replicas publish concurrently; Redis alone decides the order.
+    results = await asyncio.gather(*(publish(a if i % 2 else b, "lobby", f"m{i}")
+                                     for i in range(40)))
+    assert sorted(results) == list(range(1, 41))
+    for rec in (rec_a, rec_b):
+        await eventually(lambda: len(rec.seqs("lobby")) == 40, message="40 deliveries")
+    assert rec_a.seqs("lobby") == list(range(1, 41))
+    assert rec_a.payloads("lobby") == rec_b.payloads("lobby")
+
+
+async def test_a_replica_receives_only_the_rooms_it_subscribed(make_broker, redis, prefix):
+    (a, rec_a), (c, rec_c) = await make_broker(), await make_broker()
+    await a.subscribe("busy")
+    await c.subscribe("quiet")
+    busy, quiet = RoomKeys.of(prefix, "busy").channel, RoomKeys.of(prefix, "quiet").channel
+    assert dict(await redis.pubsub_numsub(busy, quiet)) == {busy.encode(): 1, quiet.encode(): 1}
+    for i in range(10):
+        await publish(a, "busy", f"m{i}")
+    # Redis delivers to one connection in publish order: once the later "quiet"
+    # message is in, any "busy" traffic for c would have arrived before it.
+    await publish(a, "quiet", "sentinel")
+    await eventually(lambda: rec_c.seqs("quiet") == [1], message="sentinel")
+    await eventually(lambda: len(rec_a.seqs("busy")) == 10, message="busy traffic on a")
+    assert [r for r, _, _ in rec_c.messages] == ["quiet"]
+
+    await c.unsubscribe("quiet")
+    deadline = time.monotonic() + 5
+    while dict(await redis.pubsub_numsub(quiet))[quiet.encode()] != 0:
+        assert time.monotonic() < deadline, "UNSUBSCRIBE never reached Redis"
+        await asyncio.sleep(0.01)
+    await a.subscribe("quiet")
+    await publish(a, "quiet", "after")
+    await eventually(lambda: rec_a.seqs("quiet") == [2], message="a delivers after subscribing")
+    assert rec_c.seqs("quiet") == [1]
+
+
+# --- history --------------------------------------------------------------------------
+
+
+async def test_history_tail_since_and_wrong_epoch(make_broker):
+    broker, _ = await make_broker(history_size=20, history_on_join=5)
+    empty = await broker.history("h", None, None, 5)
+    assert (empty.last_seq, list(empty.messages), empty.continuity_lost) == (0, [], False)
+    for i in range(8):
+        await publish(broker, "h", str(i))
+    latest = await broker.history("h", None, None, 3)
+    assert latest.epoch == empty.epoch  # the epoch a joiner saw is the one messages get
+    assert seqs(latest) == [6, 7, 8] and latest.last_seq == 8 and not latest.continuity_lost
+    resumed = await broker.history("h", 2, latest.epoch, 3)
+    assert seqs(resumed) == [3, 4, 5, 6, 7, 8] and not resumed.continuity_lost
+    assert seqs(await broker.history("h", 8, latest.epoch, 3)) == []
+    assert seqs(await broker.history("h", 0, None, 3)) == list(range(1, 9))
+    for since, epoch in ((4, "deadbeef"), (9, latest.epoch)):
+        lost = await broker.history("h", since, epoch, 3)
+        assert seqs(lost) == [6, 7, 8] and lost.continuity_lost
+
+
+async def test_the_stream_stays_capped_at_history_size(make_broker, redis, prefix):
+    broker, _ = await make_broker(history_size=5, history_on_join=5)
+    for i in range(12):
+        await publish(broker, "cap", str(i))
+    assert await redis.xlen(RoomKeys.of(prefix, "cap").stream) == 5
+    latest = await broker.history("cap", None, None, 5)
+    assert seqs(latest) == [8, 9, 10, 11, 12]
+    assert seqs(await broker.history("cap", 7, latest.epoch, 5)) == [8, 9, 10, 11, 12]
+    trimmed = await broker.history("cap", 3, latest.epoch, 2)
+    assert seqs(trimmed) == [11, 12] and trimmed.continuity_lost
+
+
+# --- gaps and reconnects --------------------------------------------------------------
+
+
+async def test_a_lost_pubsub_message_is_backfilled_from_the_stream(make_broker, redis, prefix):
+    broker, rec = await make_broker()
+    await broker.subscribe("gap")
+    await publish(broker, "gap", "one")
+    await eventually(lambda: rec.seqs("gap") == [1])
+    # Store seq 2 the way publish does, but without its PUBLISH: a lost notification.
+    keys = RoomKeys.of(prefix, "gap")
+    epoch = (await redis.get(keys.epoch)).decode()
+    lost = encode_message("gap", 2, epoch, "bob", "lost", 1, None)
+    assert await redis.incr(keys.seq) == 2
+    await redis.xadd(keys.stream, {"payload": lost}, id="2-0")
+    assert await publish(broker, "gap", "three") == 3
+    await eventually(lambda: len(rec.seqs("gap")) >= 3)
+    assert rec.seqs("gap") == [1, 2, 3]
+    assert rec.payloads("gap")[1] == lost
+
+
+async def test_reconnect_resubscribes_and_backfills_what_was_missed(make_broker, redis, prefix):
+    (sub, rec), (pub, _) = await make_broker(), await make_broker()
+    await sub.subscribe("rc")
+    await publish(pub, "rc", "before")
+    await eventually(lambda: rec.seqs("rc") == [1])
+    name = f"{prefix}:pubsub:replica-0"
+    [client] = [c for c in await redis.client_list(_type="pubsub") if c["name"] == name]
+    await redis.client_kill_filter(_id=client["id"])
+    for i in range(3):  # published while sub's pub/sub connection is gone
+        await publish(pub, "rc", f"missed {i}")
+    await eventually(lambda: len(rec.seqs("rc")) >= 4, message="backfill after reconnect")
+    await eventually(lambda: sub.ready, message="ready again")
+    await publish(pub, "rc", "after")
+    await eventually(lambda: len(rec.seqs("rc")) >= 5, message="live delivery after reconnect")
+    assert rec.seqs("rc") == [1, 2, 3, 4, 5]
+
+
+async def test_lost_room_data_restarts_seq_tracking_instead_of_dropping(make_broker, redis,
+                                                                        prefix):
+    (sub, rec), (pub, _) = await make_broker(), await make_broker()
+    await sub.subscribe("wiped")
+    for text in ("one", "two"):
+        await publish(pub, "wiped", text)
+    await eventually(lambda: rec.seqs("wiped") == [1, 2])
+    await redis.delete(*RoomKeys.of(prefix, "wiped").stored)  # eviction, FLUSHALL, failover
+    for text in ("new one", "new two", "new three"):
+        await publish(pub, "wiped", text)
+    await eventually(lambda: len(rec.seqs("wiped")) >= 5, message="the new epoch's messages")
+    assert rec.seqs("wiped") == [1, 2, 1, 2, 3]
+    epochs = {orjson.loads(p)["id"].rsplit("-", 1)[0] for p in rec.payloads("wiped")}
+    assert len(epochs) == 2
+
+
+async def test_history_returns_after_its_messages_reached_the_subscribed_node(make_broker):
+    # A joiner drops live messages its history covers only until history() returns.
+    (a, rec_a), (b, _) = await make_broker(), await make_broker()
+    await a.subscribe("race")
+
+    async def talk():
+        for i in range(300):
+            await publish(b, "race", str(i))
+
+    publisher = asyncio.create_task(talk())
+    checked = 0
+    try:
+        while not publisher.done():
+            history = await a.history("race", None, None, 10)
+            assert max(rec_a.seqs("race"), default=0) >= history.last_seq
+            checked += history.last_seq > 0
+    finally:
+        publisher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await publisher
+    assert checked > 10
+
+
+# --- presence and expiry --------------------------------------------------------------
+
+
+async def test_presence_counts_across_replicas_and_events_are_not_stored(make_broker):
+    (a, rec_a), (b, rec_b) = await make_broker(), await make_broker()
+    await a.subscribe("p")
+    await b.subscribe("p")
+    assert await a.presence("p", +1) == 1
+    assert await b.presence("p", +1) == 2
+    assert await b.presence("p", -1) == 1
+    assert await a.presence("p", -5) == 0  # floor at 0
+    await b.publish_event("p", b'{"type":"presence"}')
+    for rec in (rec_a, rec_b):
+        await eventually(lambda: rec.events == [("p", b'{"type":"presence"}')])
+    history = await a.history("p", None, None, 10)
+    assert history.last_seq == 0 and list(history.messages) == []
+    assert rec_a.messages == []
+
+
+async def test_idle_rooms_expire_and_come_back_with_a_new_epoch(make_broker, redis, prefix):
+    broker, _ = await make_broker(room_idle_seconds=1)
+    await broker.subscribe("kept")
+    await publish(broker, "kept", "x")
+    await publish(broker, "idle", "x")
+    old = await broker.history("idle", None, None, 10)
+    idle = RoomKeys.of(prefix, "idle")
+    assert 0 < await redis.pttl(idle.stream) <= 1000
+    deadline = time.monotonic() + 5
+    while await redis.exists(idle.epoch, idle.seq, idle.stream):
+        assert time.monotonic() < deadline, "idle room never expired"
+        await asyncio.sleep(0.05)
+    # Both rooms were last written together: only renewal keeps "kept" alive.
+    kept = RoomKeys.of(prefix, "kept")
+    assert await redis.exists(kept.epoch, kept.seq, kept.stream) == 3
+    again = await broker.history("idle", 1, old.epoch, 10)
+    assert again.continuity_lost and again.epoch != old.epoch and again.last_seq == 0
+    assert await publish(broker, "idle", "y") == 1
+
+
+# --- Redis outages --------------------------------------------------------------------
+
+
+class ThrowawayRedis:
+    """A redis-server we own: no persistence, so a restart loses every key."""
+
+    def __init__(self, tmp_path) -> None:
+        self.port = free_port()
+        self.dir = tmp_path
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port),
+             "--dir", str(self.dir), "--daemonize", "no", "--save", "", "--appendonly", "no",
+             "--logfile", str(self.dir / "redis.log")])
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            assert self.proc.poll() is None, (self.dir / "redis.log").read_text()
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.02)
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def throwaway_redis(tmp_path):
+    server = ThrowawayRedis(tmp_path)
+    yield server
+    server.kill()
+
+
+async def test_outage_fails_fast_then_recovers_with_a_new_epoch(make_broker, throwaway_redis):
+    throwaway_redis.start()
+    broker, rec = await make_broker(redis_url=throwaway_redis.url)
+    assert broker.ready
+    await broker.subscribe("r")
+    await publish(broker, "r", "one")
+    await publish(broker, "r", "two")
+    await eventually(lambda: rec.seqs("r") == [1, 2])
+    before = await broker.history("r", None, None, 10)
+
+    throwaway_redis.kill()
+    started = time.monotonic()
+    with pytest.raises(BrokerUnavailable):
+        await publish(broker, "r", "lost")
+    assert time.monotonic() - started < 2.5
+    with pytest.raises(BrokerUnavailable):
+        await broker.presence("r", 1)
+    await eventually(lambda: not broker.ready, 2.5, "ready to turn false")
+
+    throwaway_redis.start()  # same port, empty: Redis lost its data
+    await eventually(lambda: broker.ready, 10, "recovery without help")
+    assert await publish(broker, "r", "fresh") == 1
+    await eventually(lambda: rec.seqs("r") == [1, 2, 1], message="delivery in the new epoch")
+    after = await broker.history("r", 2, before.epoch, 10)
+    assert after.continuity_lost and after.epoch != before.epoch
+    assert [orjson.loads(p)["text"] for p in after.messages] == ["fresh"]
+
+
+async def test_start_without_redis_is_not_ready_and_publish_fails_fast(make_broker):
+    started = time.monotonic()
+    broker, _ = await make_broker(redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    assert not broker.ready and time.monotonic() - started < 3
+    started = time.monotonic()
+    with pytest.raises(BrokerUnavailable):
+        await publish(broker, "r", "x")
+    with pytest.raises(BrokerUnavailable):
+        await broker.subscribe("r")
+    assert time.monotonic() - started < 2.5
+
+
+# --- two real replicas ----------------------------------------------------------------
+
+
+async def test_two_servers_share_a_room_in_one_order(prefix, start_server):
+    args = ("--broker", "redis", "--redis-url", REDIS_URL, "--redis-prefix", prefix)
+    s1, s2 = start_server(*args), start_server(*args)
+
+    async def next_of(ws, kind: str, **fields) -> dict:
+        async with asyncio.timeout(5):
+            while True:
+                frame = orjson.loads((await ws.receive()).data)
+                if frame["type"] == kind and fields.items() <= frame.items():
+                    return frame
+
+    async with aiohttp.ClientSession() as http:
+        for server in (s1, s2):
+            async with http.get(server.http_url + "/readyz") as response:
+                assert response.status == 200
+        alice = await http.ws_connect(s1.ws_url("shared", "name=alice"))
+        await next_of(alice, "history")
+        bob = await http.ws_connect(s2.ws_url("shared", "name=bob"))
+        history = await next_of(bob, "history")
+        joined = await next_of(alice, "presence", name="bob")  # announced through Redis
+        assert (joined["event"], joined["count"]) == ("join", 2)
+
+        for i in range(15):
+            await alice.send_str(orjson.dumps({"type": "message", "text": f"a{i}"}).decode())
+            await bob.send_str(orjson.dumps({"type": "message", "text": f"b{i}"}).decode())
+        seen = {}
+        for name, ws in (("alice", alice), ("bob", bob)):
+            seen[name] = [await next_of(ws, "message") for _ in range(30)]
+        assert [m["seq"] for m in seen["alice"]] == list(range(1, 31))
+        assert seen["alice"] == seen["bob"]
+        assert sorted(m["text"] for m in seen["alice"]) == sorted(
+            [f"a{i}" for i in range(15)] + [f"b{i}" for i in range(15)])
+
+        query = f"name=carol&since=20&epoch={history['epoch']}"
+        late = await http.ws_connect(s2.ws_url("shared", query))
+        resumed = await next_of(late, "history")
+        assert not resumed["continuity_lost"]
+        assert [m["seq"] for m in resumed["messages"]] == list(range(21, 31))
+        for ws in (alice, bob, late):
+            await ws.close()
