@@ -68,6 +68,7 @@ __all__ = [
     "WSClientError",
     "connect",
     "encode_frame",
+    "xor_mask",
 ]
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
@@ -244,13 +245,23 @@ def encode_frame(opcode: int, payload: bytes) -> bytes:
         head = _PACK_LONG(0x80 | opcode, 0xFF, n, key)
     if not n:
         return head
-    if _c_mask is not None:
-        body = bytearray(payload)
-        _c_mask(head[-4:], body)
-        return head + body
-    # Pure Python: one big-int XOR against the key repeated over the payload.
-    keys = key.to_bytes(4, "big") * ((n + 3) >> 2)
-    return head + (int.from_bytes(payload, "big") ^ int.from_bytes(keys[:n], "big")).to_bytes(n, "big")
+    if _c_mask is None:
+        return head + xor_mask(head[-4:], payload)
+    body = bytearray(payload)
+    _c_mask(head[-4:], body)
+    return head + body
+
+
+def xor_mask(key: bytes, payload: bytes) -> bytes:
+    """Mask (or unmask) ``payload`` with the 4-byte ``key`` (section 5.3), in pure Python.
+
+    One big-integer XOR against the key repeated over the payload: faster than
+    per-byte loops or translate tables for frames up to a few hundred bytes.
+    Used only when aiohttp's C helper is missing.
+    """
+    n = len(payload)
+    keys = key * ((n + 3) >> 2)
+    return (int.from_bytes(payload, "big") ^ int.from_bytes(keys[:n], "big")).to_bytes(n, "big")
 
 
 def encode_close(code: int, reason: str = "") -> bytes:
@@ -647,7 +658,8 @@ class WSClient(asyncio.Protocol):
         if self._reject_status:
             self._try_reject(at_eof=True)
         if not self._handshake.done():
-            self._handshake.set_exception(exc or ConnectionResetError("connection closed during the WebSocket handshake"))
+            exc = exc or ConnectionResetError("connection closed during the WebSocket handshake")
+            self._handshake.set_exception(exc)
 
     def _handshake_failed(self, exc: Exception) -> None:
         if not self._handshake.done():
