@@ -1,8 +1,12 @@
 """Which local connections are in which room, and fan-out to them.
 
 A broadcast is framed once and pushed to every member without awaiting, so
-no member can delay another; each connection's queued frames go out in one
-write at the end of the event-loop tick.
+no member can delay another. Each connection's queued frames go out in one
+write per flush. Flushes are at least ``flush_interval`` apart: a quiet room
+is flushed at the end of the current loop tick, a busy one batches the
+messages of up to ``flush_interval`` seconds into one write per member
+(a write to a socket costs far more than queuing a frame), so latency grows by
+at most ``flush_interval``.
 """
 
 from __future__ import annotations
@@ -17,8 +21,11 @@ from scalechat.chat.framing import frame_text
 
 class Hub:
     def __init__(self, loop: asyncio.AbstractEventLoop,
-                 observe: Callable[[list[float], float], None]) -> None:
+                 observe: Callable[[list[float], float], None], flush_interval: float = 0.0) -> None:
         self._loop = loop
+        self._flush_interval = flush_interval
+        self._flush_scheduled = False
+        self._last_flush = 0.0
         self._rooms: dict[str, set[Connection]] = {}
         self._dirty: list[Connection] = []
         self._received: list[float] = []  # received_at of broadcasts not yet flushed
@@ -62,17 +69,27 @@ class Hub:
         for conn in members:
             conn.push(frame, seq)
         if received_at is not None:
-            if not self._dirty and not self._received:
-                self._loop.call_soon(self._flush)
+            self._schedule_flush()
             self._received.append(received_at)
         return len(members)
 
     def schedule_flush(self, conn: Connection) -> None:
-        if not self._dirty and not self._received:
-            self._loop.call_soon(self._flush)
+        self._schedule_flush()
         self._dirty.append(conn)
 
+    def _schedule_flush(self) -> None:
+        if self._flush_scheduled:
+            return
+        self._flush_scheduled = True
+        due = self._last_flush + self._flush_interval
+        if due <= self._loop.time():
+            self._loop.call_soon(self._flush)
+        else:
+            self._loop.call_at(due, self._flush)
+
     def _flush(self) -> None:
+        self._flush_scheduled = False
+        self._last_flush = self._loop.time()
         dirty, self._dirty = self._dirty, []
         for conn in dirty:
             conn.flush()

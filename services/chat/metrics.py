@@ -3,22 +3,28 @@
 The exporter runs in its own thread with its own registry, so a scrape is
 answered even while the event loop is saturated (it needs the GIL for a few
 milliseconds, not a turn of the loop).
+
+The per-message counters and the processing-time histogram sit on the hot
+path, so they are plain integers and lists updated by the event loop (no
+lock: one writer) and read by a collector at scrape time. A scrape may see a
+histogram one observation behind its count; it never sees counts decrease.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from bisect import bisect_left
+from collections.abc import Callable, Iterator
 
-from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, Info,
-                               PlatformCollector, ProcessCollector, disable_created_metrics,
-                               start_http_server)
+from prometheus_client import (CollectorRegistry, Counter, Gauge, Info, PlatformCollector,
+                               ProcessCollector, disable_created_metrics, start_http_server)
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from scalechat.chat.protocol import ErrorCode
 
 # From 100 us to 10 s: loop stalls show up in the top buckets.
 PROCESSING_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
                       0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-
 
 disable_created_metrics()  # *_created series only add cardinality here
 
@@ -33,15 +39,12 @@ class Metrics:
               registry=registry).set_function(connections)
         Gauge("scalechat_rooms", "Rooms with at least one local member.",
               registry=registry).set_function(rooms)
-        self.received = Counter("scalechat_messages_received_total",
-                                "Client messages accepted and published.", registry=registry)
-        self.delivered = Counter("scalechat_messages_delivered_total",
-                                 "Messages queued to local recipients (one per recipient).",
-                                 registry=registry)
-        self.processing = Histogram(
-            "scalechat_message_processing_seconds",
-            "From a message reaching this process to its write to the last local recipient.",
-            buckets=PROCESSING_BUCKETS, registry=registry)
+        # Hot path: plain ints, exported by _HotCollector.
+        self.received = 0
+        self.delivered = 0
+        self._buckets = [0] * (len(PROCESSING_BUCKETS) + 1)  # last: above the top bound
+        self._processing_sum = 0.0
+        registry.register(_HotCollector(self))
         self.slow_consumers = Counter("scalechat_slow_consumer_disconnects_total",
                                       "Connections closed with 1013 because they stopped reading.",
                                       registry=registry)
@@ -57,9 +60,13 @@ class Metrics:
         self._server = None
 
     def observe_processing(self, received: list[float], now: float) -> None:
-        observe = self.processing.observe
+        buckets = self._buckets
+        total = 0.0
         for t in received:
-            observe(now - t)
+            seconds = now - t
+            buckets[bisect_left(PROCESSING_BUCKETS, seconds)] += 1
+            total += seconds
+        self._processing_sum += total
 
     def serve(self, host: str, port: int) -> None:
         self._server, _thread = start_http_server(port, addr=host, registry=self.registry)
@@ -69,3 +76,25 @@ class Metrics:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+class _HotCollector(Collector):
+    def __init__(self, metrics: Metrics) -> None:
+        self._m = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        m = self._m
+        yield CounterMetricFamily("scalechat_messages_received",
+                                  "Client messages accepted and published.", value=m.received)
+        yield CounterMetricFamily("scalechat_messages_delivered",
+                                  "Messages queued to local recipients (one per recipient).",
+                                  value=m.delivered)
+        counts, total = list(m._buckets), m._processing_sum
+        cumulative, running = [], 0
+        for bound, count in zip((*map(str, PROCESSING_BUCKETS), "+Inf"), counts):
+            running += count
+            cumulative.append((bound, running))
+        yield HistogramMetricFamily(
+            "scalechat_message_processing_seconds",
+            "From a message reaching this process to its write to the last local recipient.",
+            buckets=cumulative, sum_value=total)

@@ -44,7 +44,7 @@ class Node:
     def _deliver(self, room: str, seq: int, payload: bytes, received_at: float) -> None:
         delivered = self.hub.broadcast(room, payload, seq, received_at)
         if delivered:
-            self.metrics.delivered.inc(delivered)
+            self.metrics.delivered += delivered
 
     def _deliver_event(self, room: str, payload: bytes) -> None:
         self.hub.broadcast(room, payload)
@@ -105,7 +105,7 @@ class Node:
             self._reject(conn, ErrorCode.UNAVAILABLE,
                          "message not stored: the broker is unavailable; retry later", request.cid)
             return None
-        self.metrics.received.inc()
+        self.metrics.received += 1
         return None
 
     def _reject(self, conn: Connection, code: ErrorCode, reason: str, cid: str | None) -> None:

@@ -77,6 +77,10 @@ class Settings:
     send_buffer_bytes: int = _setting(
         1048576, "Outgoing bytes buffered per connection; a client that lets more pile up is "
                  "closed with 1013 'slow consumer'.", minimum=1024)
+    flush_interval_ms: float = _setting(
+        5.0, "Minimum time between two writes to a socket. 0 writes at the end of each loop "
+             "tick; a few ms batch a busy room's messages into fewer, larger writes (less CPU "
+             "per delivery) and add at most that much latency.", minimum=0)
     allowed_origins: tuple[str, ...] = _setting(
         (), "Comma-separated Origins allowed besides the server's own host; '*' allows any. "
             "Requests without an Origin header (non-browser clients) are allowed.")

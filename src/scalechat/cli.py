@@ -1,64 +1,48 @@
 """The ``scalechat`` command: one entry point, a subcommand per tool.
 
-Each subcommand's module is imported only when it runs, so ``scalechat chat``
-does not pay for the server's imports.
+Only the chosen subcommand's module is imported (``scalechat chat`` does not
+pay for the server's or the operator's imports). Each module offers
+``add_arguments(parser)`` and ``run(args) -> int``.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 from scalechat import __version__
 
-
-def _serve(parser: argparse.ArgumentParser) -> None:
-    from scalechat.chat.settings import add_arguments
-    add_arguments(parser)
-    parser.set_defaults(run=_run_serve)
-
-
-def _run_serve(args: argparse.Namespace) -> int:
-    from scalechat.chat.errors import SettingsError
-    from scalechat.chat.settings import Settings
-    try:
-        settings = Settings.from_sources(args)
-    except SettingsError as exc:
-        print(f"scalechat serve: {exc}", file=sys.stderr)
-        return 2
-    from scalechat.chat.server import run
-    try:
-        run(settings)
-    except OSError as exc:
-        print(f"scalechat serve: cannot listen on {settings.host}:{settings.port} "
-              f"or metrics port {settings.metrics_port}: {exc.strerror or exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def _chat(parser: argparse.ArgumentParser) -> None:
-    from scalechat.chat.client import add_arguments, run
-    add_arguments(parser)
-    parser.set_defaults(run=run)
-
-
+# name: (module providing add_arguments/run, help)
 SUBCOMMANDS = {
-    "serve": ("run the chat server", _serve),
-    "chat": ("chat in a room from the terminal", _chat),
+    "serve": ("scalechat.chat.serve_cli", "run the chat server"),
+    "chat": ("scalechat.chat.client", "chat in a room from the terminal"),
+    "load": ("scalechat.loadgen.cli", "run a load test against a chat server"),
+    "analyze": ("scalechat.analysis.cli", "summarise, plot and report load-test results"),
+    "cluster": ("scalechat.cluster.cli", "a local cluster: replicas, Redis, nginx, Prometheus"),
+    "operator": ("scalechat.operator.main", "run the LoadTest Kubernetes operator (kopf)"),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="scalechat", description="A WebSocket chat server built to be scaled.")
+def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only ``selected``'s module is imported to add its flags."""
+    parser = argparse.ArgumentParser(prog="scalechat",
+                                     description="A WebSocket chat server built to be scaled.")
     parser.add_argument("--version", action="version", version=f"scalechat {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (help_text, configure) in SUBCOMMANDS.items():
-        configure(sub.add_parser(name, help=help_text, description=help_text))
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        child = sub.add_parser(name, help=help_text, description=help_text)
+        if name == selected:
+            module = importlib.import_module(module_name)
+            module.add_arguments(child)
+            child.set_defaults(run=module.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    selected = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(selected if selected in SUBCOMMANDS else None).parse_args(argv)
     return args.run(args) or 0
 
 

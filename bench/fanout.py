@@ -1,0 +1,250 @@
+"""Fan-out benchmark: scalechat against the naive aiohttp broadcast, same run, same cores.
+
+For each scenario (rooms x clients, 100-byte messages) and each server:
+  * at a fixed offered load both servers hold: server CPU seconds per delivered
+    message (from /proc/<pid>/stat), delivered/s, echo latency p50/p99 measured
+    from the *scheduled* send time;
+  * at saturation (an offered load far above what either holds): delivered/s.
+
+The server runs pinned to core 0, the generator (this process) to core 1.
+Everything talks to 127.0.0.1 and stops by itself.
+
+    .venv/bin/python bench/fanout.py [--seconds 8] [--json build/bench/fanout.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import heapq
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import orjson
+import uvloop
+
+from scalechat.loadgen.wsclient import connect
+
+HERE = Path(__file__).resolve().parent
+TICK = os.sysconf("SC_CLK_TCK")
+SERVER_CORE, GENERATOR_CORE = 0, 1
+
+
+@dataclass
+class Measurement:
+    server: str
+    scenario: str
+    offered_deliveries_per_s: float
+    delivered_per_s: float
+    cpu_us_per_delivery: float
+    server_cpu_percent: float
+    echo_p50_ms: float
+    echo_p99_ms: float
+    generator_cpu_percent: float
+    lost: int
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
+
+
+SCALECHAT_FLAGS: list[str] = []
+
+
+def start_server(kind: str) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    if kind == "scalechat":
+        cmd = [sys.executable, "-m", "scalechat.cli", "serve", "--port", str(port),
+               "--metrics-port", str(free_port()), "--rate-limit", "100000",
+               "--rate-burst", "100000", "--log-level", "warning", *SCALECHAT_FLAGS]
+    else:
+        cmd = [sys.executable, str(HERE / "naive_server.py"), str(port)]
+    proc = subprocess.Popen(["taskset", "-c", str(SERVER_CORE), *cmd],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
+            return proc, port
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"{kind} server did not start") from None
+            time.sleep(0.05)
+
+
+class Generator:
+    """Open-loop senders: each client sends at its own constant rate with a random phase."""
+
+    def __init__(self, port: int, rooms: int, per_room: int) -> None:
+        self.port, self.rooms, self.per_room = port, rooms, per_room
+        self.clients: list = []
+        self.delivered = 0
+        self.sent = 0
+        self.echo: list[float] = []
+        self.measuring = False
+
+    async def open(self) -> None:
+        for r in range(self.rooms):
+            for c in range(self.per_room):
+                me = f"c{r}-{c}"
+                client = await connect(f"ws://127.0.0.1:{self.port}/ws/bench-{r}?name={me}",
+                                       on_messages=self._receiver(me.encode()))
+                self.clients.append(client)
+        # Wait for every history frame to arrive (counted as deliveries below).
+        deadline = time.monotonic() + 10
+        while self.delivered < len(self.clients) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+
+    def _receiver(self, me: bytes):
+        marker = b'"text":"' + me + b":"
+
+        def on_messages(payloads: list[bytes]) -> None:
+            self.delivered += len(payloads)
+            if not self.measuring:
+                return
+            now = time.perf_counter()
+            for payload in payloads:
+                start = payload.find(marker)
+                if start >= 0:  # our own echo: latency from the scheduled send time
+                    start += len(marker)
+                    scheduled = float(payload[start:payload.index(b":", start)])
+                    self.echo.append(now - scheduled)
+        return on_messages
+
+    async def run(self, rate_per_client: float, seconds: float) -> tuple[int, int]:
+        """Send for ``seconds``; return (sent, delivered during the window plus a drain)."""
+        period = 1.0 / rate_per_client
+        start = time.perf_counter() + 0.05
+        # A heap of (due time, client): each wake-up sends exactly what is due.
+        due = [(start + random.random() * period, i) for i in range(len(self.clients))]
+        heapq.heapify(due)
+        names = [f"c{i // self.per_room}-{i % self.per_room}" for i in range(len(self.clients))]
+        pad = "x" * 60
+        end = start + seconds
+        sent0, delivered0 = self.sent, self.delivered
+        self.measuring = True
+        while True:
+            now = time.perf_counter()
+            if now >= end:
+                break
+            while due[0][0] <= now:  # catch up: latency is measured from the due time
+                when, i = due[0]
+                text = f"{names[i]}:{when:.6f}:{pad}"
+                self.clients[i].send_text(orjson.dumps({"type": "message", "text": text}))
+                self.sent += 1
+                heapq.heapreplace(due, (when + period, i))
+            await asyncio.sleep(max(0.0, due[0][0] - time.perf_counter()))
+        await asyncio.sleep(0.5)  # drain
+        self.measuring = False
+        return self.sent - sent0, self.delivered - delivered0
+
+    async def close(self) -> None:
+        await asyncio.gather(*(c.close() for c in self.clients), return_exceptions=True)
+
+
+async def measure(kind: str, scenario: str, rooms: int, per_room: int,
+                  deliveries_per_s: float, seconds: float) -> Measurement:
+    proc, port = start_server(kind)
+    try:
+        gen = Generator(port, rooms, per_room)
+        await gen.open()
+        rate = deliveries_per_s / (rooms * per_room * per_room)
+        await gen.run(rate, 1.0)  # warm-up
+        gen.echo.clear()
+        cpu0, own0, t0 = cpu_seconds(proc.pid), time.process_time(), time.perf_counter()
+        sent, delivered = await gen.run(rate, seconds)
+        cpu1, own1, t1 = cpu_seconds(proc.pid), time.process_time(), time.perf_counter()
+        await gen.close()
+        echo = np.array(gen.echo) * 1000 if gen.echo else np.array([np.nan])
+        return Measurement(
+            server=kind, scenario=scenario, offered_deliveries_per_s=deliveries_per_s,
+            delivered_per_s=delivered / seconds,
+            cpu_us_per_delivery=(cpu1 - cpu0) / max(delivered, 1) * 1e6,
+            server_cpu_percent=(cpu1 - cpu0) / (t1 - t0) * 100,
+            echo_p50_ms=float(np.percentile(echo, 50)), echo_p99_ms=float(np.percentile(echo, 99)),
+            generator_cpu_percent=(own1 - own0) / (t1 - t0) * 100,
+            lost=sent * per_room - delivered)
+    finally:
+        proc.terminate()
+        proc.wait(15)
+
+
+SCENARIOS = {  # name: (rooms, clients per room, fixed deliveries/s both hold)
+    "1x100": (1, 100, 50_000),
+    "100x4": (100, 4, 20_000),
+}
+
+
+def table(rows: list[Measurement]) -> str:
+    head = (f"{'scenario':8} {'server':9} {'offered/s':>10} {'delivered/s':>11} {'cpu us/dlv':>10} "
+            f"{'cpu %':>6} {'p50 ms':>7} {'p99 ms':>8} {'gen cpu %':>9}")
+    lines = [head, "-" * len(head)]
+    for m in rows:
+        lines.append(f"{m.scenario:8} {m.server:9} {m.offered_deliveries_per_s:>10.0f} "
+                     f"{m.delivered_per_s:>11.0f} {m.cpu_us_per_delivery:>10.2f} "
+                     f"{m.server_cpu_percent:>6.0f} {m.echo_p50_ms:>7.2f} {m.echo_p99_ms:>8.2f} "
+                     f"{m.generator_cpu_percent:>9.0f}")
+    return "\n".join(lines)
+
+
+async def main_async(args: argparse.Namespace) -> list[Measurement]:
+    rows = []
+    for scenario in args.scenarios:
+        rooms, per_room, fixed = SCENARIOS[scenario]
+        for load, label in ((fixed, scenario), (fixed * args.saturation_factor, f"{scenario}*")):
+            for kind in args.servers:
+                m = await measure(kind, label, rooms, per_room, load, args.seconds)
+                print(table([m]).splitlines()[-1], flush=True)
+                rows.append(m)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=8.0, help="measurement window per run")
+    parser.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=list(SCENARIOS))
+    parser.add_argument("--saturation-factor", type=float, default=4.0,
+                        help="saturation runs offer this multiple of the fixed load (rows marked *)")
+    parser.add_argument("--servers", nargs="+", default=["naive", "scalechat"], choices=["naive", "scalechat"])
+    parser.add_argument("--json", type=Path, default=Path("build/bench/fanout.json"))
+    parser.add_argument("--scalechat-flag", action="append", default=[], metavar="FLAG",
+                        help="extra flag for `scalechat serve` (repeat), e.g. --scalechat-flag=--flush-interval-ms=5")
+    args = parser.parse_args()
+    SCALECHAT_FLAGS.extend(args.scalechat_flag)
+    if len(os.sched_getaffinity(0)) < 2:
+        raise SystemExit("bench/fanout.py needs 2 cores: server on core 0, generator on core 1")
+    os.sched_setaffinity(0, {GENERATOR_CORE})
+    print(table([]))
+    rows = uvloop.run(main_async(args))
+    print("\n" + table(rows))
+    by = {(m.scenario, m.server): m for m in rows}
+    if len(args.servers) < 2:
+        return
+    print("\nscalechat / naive (same run):")
+    for scenario in args.scenarios:
+        fixed, sat = by[(scenario, "scalechat")], by[(scenario, "naive")]
+        print(f"  {scenario}: CPU per delivery {fixed.cpu_us_per_delivery / sat.cpu_us_per_delivery:.2f}x, "
+              f"p99 {fixed.echo_p99_ms:.1f} vs {sat.echo_p99_ms:.1f} ms; saturation deliveries/s "
+              f"{by[(scenario + '*', 'scalechat')].delivered_per_s / by[(scenario + '*', 'naive')].delivered_per_s:.2f}x")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps([asdict(m) for m in rows], indent=2))
+
+
+if __name__ == "__main__":
+    main()
