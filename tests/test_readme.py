@@ -22,3 +22,31 @@ def test_quick_start_names_the_two_commands():
     makefile = (README.parent / "Makefile").read_text()
     assert re.search(r"^run:", makefile, re.M) and re.search(r"^test:", makefile, re.M)
     assert "make test" in (README.parent / ".ci" / "run").read_text()
+
+
+def test_make_run_serves_the_web_page(tmp_path):
+    """The README's main command, as a user runs it (ports moved off 8080/9000 by env)."""
+    import os
+    import signal
+    import subprocess
+    import urllib.request
+
+    from support import free_port, wait_until
+
+    port, metrics_port = free_port(), free_port()
+    env = {**os.environ, "SCALECHAT_PORT": str(port), "SCALECHAT_METRICS_PORT": str(metrics_port)}
+    proc = subprocess.Popen(["make", "run"], cwd=README.parent, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def page():
+            try:
+                return urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1).read().decode()
+            except OSError:
+                assert proc.poll() is None, "make run exited"
+                return None
+
+        html = wait_until(page, 120, message="make run to serve the page")
+        assert "<title>" in html and "app.js" in html
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)

@@ -1,0 +1,83 @@
+"""Helpers shared by tests (importable as ``support``: pytest puts tests/ on sys.path)."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SCALECHAT = [sys.executable, "-m", "scalechat.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05, message: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+@dataclass
+class ServerProcess:
+    port: int
+    metrics_port: int
+    proc: subprocess.Popen
+    log_path: Path
+    args: list[str] = field(default_factory=list)
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    def ws_url(self, room: str, query: str = "") -> str:
+        return f"ws://127.0.0.1:{self.port}/ws/{room}" + (f"?{query}" if query else "")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def metric(self, name: str, labels: str = "") -> float:
+        """Value of one sample from the metrics endpoint (0.0 when absent)."""
+        text = urllib.request.urlopen(self.metrics_url, timeout=5).read().decode()
+        wanted = name + (f"{{{labels}}}" if labels else "")
+        for line in text.splitlines():
+            if line.startswith(wanted + " "):
+                return float(line.split()[-1])
+        return 0.0
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def healthy(url: str) -> bool:
+    try:
+        return urllib.request.urlopen(url + "/healthz", timeout=1).status == 200
+    except OSError:
+        return False
+
+
