@@ -7,7 +7,7 @@ APT    := apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommen
 # Debian packages the test suite drives for real (browser, load balancer, monitoring).
 TEST_DEBS := chromium nginx prometheus redis-server
 
-.PHONY: run test bench cluster clean apt-test
+.PHONY: run test bench cluster cluster-down clean apt-test
 
 run: $(STAMP)
 	$(BIN)/scalechat serve
@@ -17,6 +17,13 @@ test: $(STAMP) apt-test
 
 bench: $(STAMP)
 	$(BIN)/python bench/fanout.py
+
+# A local cluster: replicas behind nginx (room hash), Prometheus, sharing the Redis on 127.0.0.1:6379.
+cluster: $(STAMP) apt-test
+	$(BIN)/scalechat cluster up --replicas $(or $(REPLICAS),2) $(CLUSTER_ARGS)
+
+cluster-down: $(STAMP)
+	$(BIN)/scalechat cluster down
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)

@@ -58,9 +58,9 @@ class Node:
             if self.hub.add(conn) == 1:
                 await self.broker.subscribe(conn.room)
         history = await self.broker.history(conn.room, since, epoch, self.settings.history_on_join)
-        conn.release(frame_text(encode_history(conn.room, history.epoch, conn.name, self.name,
-                                               history.continuity_lost, history.messages)),
-                     history.last_seq)
+        frame = encode_history(conn.room, history.epoch, history.last_seq, conn.name, self.name,
+                               history.continuity_lost, history.messages)
+        conn.release(frame_text(frame), history.last_seq)
         await self._announce(conn, "join", +1)
 
     async def leave(self, conn: Connection) -> None:

@@ -9,7 +9,7 @@ client -> server
 server -> client
     ``message``  ``{type, room, seq, id, from, text, ts, cid}``; seq is per room,
                  starts at 1 and has no gaps; ``ts`` is server time in ms.
-    ``history``  ``{type, room, epoch, name, node, continuity_lost, messages: [message...]}``
+    ``history``  ``{type, room, epoch, last_seq, name, node, continuity_lost, messages: [message...]}``
     ``presence`` ``{type, room, event: join|leave, name, count}``
     ``error``    ``{type, code, reason, cid?}``
 """
@@ -140,12 +140,16 @@ def encode_message(room: str, seq: int, epoch: str, sender: str, text: str, ts_m
     })
 
 
-def encode_history(room: str, epoch: str, name: str, node: str, continuity_lost: bool,
-                   messages: Iterable[bytes]) -> bytes:
-    """Join already-encoded messages into a history frame without re-encoding them."""
+def encode_history(room: str, epoch: str, last_seq: int, name: str, node: str,
+                   continuity_lost: bool, messages: Iterable[bytes]) -> bytes:
+    """Join already-encoded messages into a history frame without re-encoding them.
+
+    ``last_seq`` is the room's latest seq: the ``since`` to resume from, even
+    when ``messages`` is empty.
+    """
     head = orjson.dumps({
-        "type": ServerType.HISTORY, "room": room, "epoch": epoch, "name": name, "node": node,
-        "continuity_lost": continuity_lost,
+        "type": ServerType.HISTORY, "room": room, "epoch": epoch, "last_seq": last_seq,
+        "name": name, "node": node, "continuity_lost": continuity_lost,
     })
     return head[:-1] + b',"messages":[' + b",".join(messages) + b"]}"
 

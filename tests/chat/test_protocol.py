@@ -72,10 +72,11 @@ def test_encoded_message_fields():
 
 def test_history_embeds_encoded_messages_verbatim():
     messages = [encode_message("r", s, "ep", "a", f"m{s}", 1, None) for s in (1, 2)]
-    frame = orjson.loads(encode_history("r", "ep", "me", "node1", False, messages))
+    frame = orjson.loads(encode_history("r", "ep", 2, "me", "node1", False, messages))
     assert frame["type"] == "history" and frame["epoch"] == "ep" and frame["name"] == "me"
+    assert frame["last_seq"] == 2
     assert [m["seq"] for m in frame["messages"]] == [1, 2]
-    assert orjson.loads(encode_history("r", "ep", "me", "n", True, []))["messages"] == []
+    assert orjson.loads(encode_history("r", "ep", 0, "me", "n", True, []))["messages"] == []
 
 
 def test_error_frame_and_cid_extraction():

@@ -97,7 +97,7 @@ async def test_history_on_join_and_since_resume(start_server, session):
     for _ in range(12):
         await recv_until(ws, of_type("message"))
     _, latest = await join(session, server, "h", "name=late")
-    assert [m["seq"] for m in latest["messages"]] == [8, 9, 10, 11, 12]
+    assert [m["seq"] for m in latest["messages"]] == [8, 9, 10, 11, 12] and latest["last_seq"] == 12
     _, resumed = await join(session, server, "h", f"name=r&since=3&epoch={first['epoch']}")
     assert [m["seq"] for m in resumed["messages"]] == list(range(4, 13))
     assert resumed["continuity_lost"] is False
