@@ -76,7 +76,7 @@ async def _node_ctx(app: web.Application):
     hub_ref: list[Hub] = []
     metrics = Metrics(lambda: hub_ref[0].connection_count, lambda: hub_ref[0].room_count,
                       app[state_key]["facts"])
-    hub = Hub(loop, metrics.observe_processing)
+    hub = Hub(loop, metrics.observe_processing, settings.flush_interval_ms / 1000)
     hub_ref.append(hub)
     node = Node(settings, create_broker(settings), metrics, hub)
     app[metrics_key], app[node_key] = metrics, node
