@@ -7,8 +7,10 @@ text frames, and closes sockets when told to.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 
 from scalechat.chat.broker import Broker, Draft
 from scalechat.chat.connection import Connection
@@ -31,7 +33,7 @@ class Node:
         self.hub = hub
         self.name = settings.node_name
         self._closing: set[asyncio.Task] = set()
-        self._room_locks: dict[str, asyncio.Lock] = {}
+        self._room_locks: dict[str, list] = {}  # room -> [lock, users]
 
     async def start(self) -> None:
         await self.broker.start(self._deliver, self._deliver_event)
@@ -42,6 +44,10 @@ class Node:
     # --- broker callbacks ---------------------------------------------------------
 
     def _deliver(self, room: str, seq: int, payload: bytes, received_at: float) -> None:
+        # Once per message per node, whatever the broker: the Redis broker's reader
+        # calls this for each message of a subscribed room (local senders' included);
+        # the memory broker calls it inside its own publish.
+        self.metrics.broker_received += 1
         delivered = self.hub.broadcast(room, payload, seq, received_at)
         if delivered:
             self.metrics.delivered += delivered
@@ -69,12 +75,20 @@ class Node:
                 await self.broker.unsubscribe(conn.room)
         await self._announce(conn, "leave", -1)
 
-    def _room_lock(self, room: str) -> asyncio.Lock:
-        # Serialises subscribe/unsubscribe of one room; dropped when unused.
-        lock = self._room_locks.get(room)
-        if lock is None:
-            lock = self._room_locks[room] = _RoomLock(self._room_locks, room)
-        return lock
+    @contextlib.asynccontextmanager
+    async def _room_lock(self, room: str) -> AsyncIterator[None]:
+        """Serialise subscribe/unsubscribe of one room; the lock is dropped when unused."""
+        entry = self._room_locks.get(room)
+        if entry is None:
+            entry = self._room_locks[room] = [asyncio.Lock(), 0]
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                yield
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self._room_locks[room]
 
     async def _announce(self, conn: Connection, event: str, delta: int) -> None:
         try:
@@ -142,16 +156,3 @@ class Node:
         if conns:
             await asyncio.gather(*(self.close_connection(c, code, reason, timeout) for c in conns),
                                  return_exceptions=True)
-
-
-class _RoomLock(asyncio.Lock):
-    """An asyncio.Lock that removes itself from its registry when released unused."""
-
-    def __init__(self, registry: dict[str, asyncio.Lock], room: str) -> None:
-        super().__init__()
-        self._registry, self._room = registry, room
-
-    async def __aexit__(self, *exc) -> None:
-        self.release()
-        if not self.locked() and not self._waiters:
-            self._registry.pop(self._room, None)
