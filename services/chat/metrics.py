@@ -42,6 +42,7 @@ class Metrics:
         # Hot path: plain ints, exported by _HotCollector.
         self.received = 0
         self.delivered = 0
+        self.broker_received = 0
         self._buckets = [0] * (len(PROCESSING_BUCKETS) + 1)  # last: above the top bound
         self._processing_sum = 0.0
         registry.register(_HotCollector(self))
@@ -89,6 +90,9 @@ class _HotCollector(Collector):
         yield CounterMetricFamily("scalechat_messages_delivered",
                                   "Messages queued to local recipients (one per recipient).",
                                   value=m.delivered)
+        yield CounterMetricFamily("scalechat_broker_messages_received",
+                                  "Messages this node received from the broker (pub/sub), "
+                                  "including those for local senders.", value=m.broker_received)
         counts, total = list(m._buckets), m._processing_sum
         cumulative, running = [], 0
         for bound, count in zip((*map(str, PROCESSING_BUCKETS), "+Inf"), counts):

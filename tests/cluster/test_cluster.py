@@ -24,8 +24,8 @@ import aiohttp
 import orjson
 import pytest
 
-from scalechat.cluster import Cluster
-from scalechat.cluster import redis_server
+from scalechat.cluster import Cluster, UsageError
+from scalechat.cluster import nginx, redis_server
 from scalechat.cluster.processes import find_program, free_port, http_status, kill
 
 pytestmark = pytest.mark.timeout(60)
@@ -323,7 +323,8 @@ def test_status_json_names_every_url(cluster):
     done = cli("status", "--json", "--run-dir", str(cluster.run_dir))
     assert done.returncode == 0, done.stderr
     status = json.loads(done.stdout)
-    assert set(status) >= {"balancer", "http", "replicas", "prometheus", "redis"}
+    assert set(status) >= {"balancer", "http", "replicas", "prometheus", "redis", "routing"}
+    assert status["routing"] == "room-hash"
     assert status["balancer"] == f"ws://127.0.0.1:{cluster.state.port}/ws/{{room}}"
     assert http_status(f"{status['http']}/healthz") == 200
     assert http_status(f"{status['prometheus']}/-/ready") == 200
@@ -352,6 +353,39 @@ def test_bad_input_gets_one_line_errors(cluster, tmp_path):
         assert text in done.stderr and "Traceback" not in done.stderr, done.stderr
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert all(r["running"] for r in cluster.status()["replicas"])
+
+
+# --- routing ----------------------------------------------------------------------------
+
+
+def test_only_room_hash_routing_hashes(tmp_path):
+    layout = nginx.NginxLayout(tmp_path, tmp_path / "logs")
+    hashed = nginx.render_config(layout, 8080, [9001, 9002])
+    spread = nginx.render_config(layout, 8080, [9001, 9002], nginx.Routing.RANDOM)
+    assert "hash $ws_room consistent;" in hashed and "random;" not in hashed
+    assert "random;" in spread and "hash $ws_room" not in spread
+    with pytest.raises(UsageError, match="routing must be one of room-hash, random"):
+        Cluster.up(tmp_path / "cluster", port=0, routing="sticky")
+    assert not (tmp_path / "cluster").exists()  # refused before anything started
+
+
+async def test_random_routing_spreads_the_members_of_one_room(tmp_path):
+    cluster = Cluster.up(tmp_path / "cluster", replicas=2, port=0, with_prometheus=False,
+                         routing="random")
+    try:
+        status = cluster.status()
+        assert status["routing"] == "random"
+        url = status["balancer"].format(room=room_name("spread"))
+        async with aiohttp.ClientSession() as session:
+            nodes = [await node_of(session, f"{url}?name=m{i}") for i in range(20)]
+        split = Counter(nodes)
+        print(f"20 members of one room over the replicas: {dict(sorted(split.items()))}")
+        # All 20 on one replica by chance: 2 * 2**-20.
+        assert set(split) == {r.node for r in cluster.replicas}
+        done = cli("status", "--run-dir", str(cluster.run_dir))
+        assert done.returncode == 0 and "(random;" in done.stdout, done.stdout
+    finally:
+        cluster.down()
 
 
 # --- crashes ----------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import sys
 from scalechat.cluster.cluster import (DEFAULT_PORT, DEFAULT_RUN_DIR, MAX_REPLICAS,
                                        START_TIMEOUT, STOP_TIMEOUT, Cluster)
 from scalechat.cluster.errors import ClusterError, UsageError
+from scalechat.cluster.nginx import Routing
 from scalechat.cluster.redis_server import DEFAULT_URL
 
 PROG = "scalechat cluster"
@@ -21,6 +22,7 @@ DESCRIPTION = "Run N chat replicas behind nginx (rooms hashed to replicas), shar
 EPILOG = """examples:
   scalechat cluster up --replicas 3            # shares the Redis on 127.0.0.1:6379
   scalechat cluster up --own-redis --port 8081 # a throwaway redis-server of its own
+  scalechat cluster up --routing random        # for comparison: a room's members on any replica
   scalechat cluster status --json
   scalechat cluster down
 
@@ -59,6 +61,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="start a throwaway redis-server (no persistence) on a free port instead")
     up.add_argument("--redis-prefix", metavar="PREFIX",
                     help="key prefix in Redis, kept by down (default: scalechat-cluster-<random>)")
+    up.add_argument("--routing", choices=[r.value for r in Routing],
+                    default=Routing.ROOM_HASH.value,
+                    help="how nginx places a new WebSocket: room-hash keeps a room's members on "
+                         "one replica; random spreads them, for comparison (default: room-hash)")
     up.add_argument("--prometheus-port", type=int, default=0, metavar="PORT",
                     help="Prometheus's port (default: a free one)")
     up.add_argument("--no-prometheus", dest="with_prometheus", action="store_false",
@@ -110,7 +116,8 @@ def _up(args: argparse.Namespace) -> int:
                          own_redis=args.own_redis, redis_prefix=args.redis_prefix,
                          with_prometheus=args.with_prometheus, prometheus_port=args.prometheus_port,
                          serve_args=args.serve_args, timeout=args.timeout,
-                         nginx_bin=args.nginx_bin, prometheus_bin=args.prometheus_bin)
+                         nginx_bin=args.nginx_bin, prometheus_bin=args.prometheus_bin,
+                         routing=args.routing)
     print(f"{PROG}: {len(cluster.replicas)} replica(s) up")
     print(format_status(cluster.status()))
     print(f"stop it with: {PROG} down --run-dir {args.run_dir}")
@@ -143,8 +150,8 @@ def format_status(status: dict) -> str:
         return "" if running else "  NOT RUNNING"
 
     procs = status["processes"]
-    lines = [f"  balancer    {status['balancer']}  ({status['http']}, nginx pid "
-             f"{procs['nginx']['pid'] if procs['nginx'] else '-'})"
+    lines = [f"  balancer    {status['balancer']}  ({status['routing']}; {status['http']}, "
+             f"nginx pid {procs['nginx']['pid'] if procs['nginx'] else '-'})"
              f"{state(procs['nginx'] is not None and procs['nginx']['running'])}"]
     for r in status["replicas"]:
         lines.append(f"  {r['node']:<10}  {r['url']}  metrics {r['metrics_url']}  pid {r['pid']}"

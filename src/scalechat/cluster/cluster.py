@@ -92,7 +92,7 @@ def _locked(run_dir: Path) -> Iterator[None]:
 
 
 def _validate(replicas: int, port: int, prometheus_port: int, timeout: float,
-              serve_args: Sequence[str]) -> None:
+              serve_args: Sequence[str], routing: str) -> nginx.Routing:
     if not 1 <= replicas <= MAX_REPLICAS:
         raise UsageError(f"replicas must be between 1 and {MAX_REPLICAS}, got {replicas}")
     for name, value in (("port", port), ("prometheus port", prometheus_port)):
@@ -104,6 +104,11 @@ def _validate(replicas: int, port: int, prometheus_port: int, timeout: float,
         if arg.split("=", 1)[0] in OWN_SERVE_FLAGS:
             raise UsageError(f"serve argument {arg.split('=', 1)[0]} is set by the cluster itself "
                              f"(it sets {', '.join(OWN_SERVE_FLAGS)})")
+    try:
+        return nginx.Routing(routing)
+    except ValueError:
+        raise UsageError(f"routing must be one of {', '.join(r.value for r in nginx.Routing)}, "
+                         f"got {routing!r}") from None
 
 
 def _distinct_free_ports(count: int, taken: set[int]) -> list[int]:
@@ -169,14 +174,17 @@ class Cluster:
            own_redis: bool = False, redis_prefix: str | None = None,
            with_prometheus: bool = True, prometheus_port: int = 0,
            serve_args: Sequence[str] = (), timeout: float = START_TIMEOUT,
-           nginx_bin: str | None = None, prometheus_bin: str | None = None) -> "Cluster":
+           nginx_bin: str | None = None, prometheus_bin: str | None = None,
+           routing: str = nginx.Routing.ROOM_HASH) -> "Cluster":
         """Start a cluster and wait until it answers; see the module docstring.
 
         ``port`` and ``prometheus_port`` 0 pick free ports. Without ``own_redis`` the
         Redis at ``redis_url`` is shared, under ``redis_prefix`` (default: a fresh
-        ``scalechat-cluster-<hex>``, whose keys ``down`` deletes).
+        ``scalechat-cluster-<hex>``, whose keys ``down`` deletes). ``routing``
+        ``"random"`` spreads a room's members over replicas, for comparison with
+        the default ``"room-hash"`` (see :mod:`scalechat.cluster.nginx`).
         """
-        _validate(replicas, port, prometheus_port, timeout, serve_args)
+        routing = _validate(replicas, port, prometheus_port, timeout, serve_args, routing)
         programs = find_programs(nginx_bin=nginx_bin, prometheus_bin=prometheus_bin,
                                  with_prometheus=with_prometheus, own_redis=own_redis)
         run_dir = Path(run_dir).resolve()
@@ -196,7 +204,8 @@ class Cluster:
                                    "with --redis-url, or use --own-redis")
             cluster = cls(ClusterState(
                 run_dir, port, redis_url, redis_prefix or f"scalechat-cluster-{secrets.token_hex(4)}",
-                prometheus_port if with_prometheus else None, drop_keys=redis_prefix is None))
+                prometheus_port if with_prometheus else None, drop_keys=redis_prefix is None,
+                routing=routing))
             try:
                 cluster._start(programs, replicas, own_redis, serve_args, timeout)
             except BaseException:
@@ -257,7 +266,8 @@ class Cluster:
 
     def _start_nginx(self, programs: Programs, logs: Path) -> ProcessRecord:
         layout = nginx.NginxLayout(self._state.run_dir / "nginx", logs)
-        nginx.write_config(layout, self._state.port, [r.port for r in self._state.replicas])
+        nginx.write_config(layout, self._state.port, [r.port for r in self._state.replicas],
+                           self._state.routing)
         proc = nginx.start(programs.nginx, layout)
         self._save(replace(self._state, nginx=proc))
         return proc
@@ -311,6 +321,7 @@ class Cluster:
         return {
             "run_dir": str(s.run_dir),
             "balancer": s.balancer,
+            "routing": s.routing.value,
             "http": s.http,
             "replicas": [{"node": r.node, "url": r.url, "http": r.http,
                           "metrics_url": r.metrics_url, "pid": r.process.pid,

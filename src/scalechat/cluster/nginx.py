@@ -1,11 +1,17 @@
 """nginx (Debian's package) in front of the replicas: a room sticks to one replica.
 
-The balancer hashes the room path segment only (``/ws/<room>``), never
-``$request_uri``: a query string (``?name=``, ``?since=``) must not move a
-client of a room to another replica. ``consistent`` (ketama) hashing moves only
-a dead replica's rooms when it fails: ``max_fails=1`` marks it failed after one
-refused connection for ``fail_timeout``, and ``proxy_next_upstream`` retries the
-upgrade on the next replica of the ring within the same request.
+With :attr:`Routing.ROOM_HASH` (the default) the balancer hashes the room path
+segment only (``/ws/<room>``), never ``$request_uri``: a query string
+(``?name=``, ``?since=``) must not move a client of a room to another replica.
+``consistent`` (ketama) hashing moves only a dead replica's rooms when it fails:
+``max_fails=1`` marks it failed after one refused connection for
+``fail_timeout``, and ``proxy_next_upstream`` retries the upgrade on the next
+replica of the ring within the same request.
+
+:attr:`Routing.RANDOM` exists for comparison (``bench/scaleout.py``): nginx's
+``random`` balancing puts each connection on any replica, so a room's members
+spread over replicas and every replica with a member receives all of the room's
+messages from Redis.
 
 Everything nginx writes (pid, logs, temp dirs) lives under its own prefix in the
 run folder, so it runs without root; it runs with ``daemon off`` in a session
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Sequence
+import enum
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,7 +72,7 @@ http {{
     }}
 
     upstream chat {{
-        hash $ws_room consistent;
+        {balancing}
 {servers}
     }}
 
@@ -88,6 +95,19 @@ http {{
     }}
 }}
 """
+
+
+class Routing(enum.StrEnum):
+    """How the balancer picks a replica for a new WebSocket."""
+
+    ROOM_HASH = "room-hash"  # every member of a room on the same replica
+    RANDOM = "random"  # any replica: a room's members spread out (for comparison)
+
+
+BALANCING = {
+    Routing.ROOM_HASH: "hash $ws_room consistent;",
+    Routing.RANDOM: "random;  # no hash: a room's members land on any replica",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,19 +135,22 @@ class NginxLayout:
         return [binary, "-p", str(self.dir), "-c", str(self.config), "-e", str(self.error_log)]
 
 
-def render_config(layout: NginxLayout, port: int, backends: Sequence[int]) -> str:
+def render_config(layout: NginxLayout, port: int, backends: Sequence[int],
+                  routing: Routing = Routing.ROOM_HASH) -> str:
     servers = "\n".join(f"        server {HOST}:{p} max_fails=1 fail_timeout={FAIL_TIMEOUT};"
                         for p in backends)
     return CONFIG.format(dir=layout.dir, logs=layout.logs, host=HOST, port=port, servers=servers,
+                         balancing=BALANCING[Routing(routing)],
                          connect_timeout=CONNECT_TIMEOUT, stream_timeout=STREAM_TIMEOUT,
                          worker_shutdown_timeout=WORKER_SHUTDOWN_TIMEOUT)
 
 
-def write_config(layout: NginxLayout, port: int, backends: Sequence[int]) -> None:
+def write_config(layout: NginxLayout, port: int, backends: Sequence[int],
+                 routing: Routing = Routing.ROOM_HASH) -> None:
     for name in TEMP_DIRS:
         (layout.dir / "temp" / name).mkdir(parents=True, exist_ok=True)
     layout.logs.mkdir(parents=True, exist_ok=True)
-    layout.config.write_text(render_config(layout, port, backends))
+    layout.config.write_text(render_config(layout, port, backends, routing))
 
 
 def check_config(binary: str, layout: NginxLayout) -> None:

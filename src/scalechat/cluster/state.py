@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from scalechat.cluster.errors import ClusterError
+from scalechat.cluster.nginx import Routing
 from scalechat.cluster.processes import HOST, ProcessRecord, is_running
 
 STATE_FILE = "cluster.json"
@@ -63,6 +64,7 @@ class ClusterState:
     redis: ProcessRecord | None = None  # only when the cluster owns its Redis
     ready: bool = False  # false while ``up`` is still starting things
     drop_keys: bool = False  # ``down`` deletes the prefix's keys (a prefix ``up`` made up)
+    routing: Routing = Routing.ROOM_HASH  # how nginx places a new WebSocket
 
     @property
     def balancer(self) -> str:
@@ -105,6 +107,7 @@ class ClusterState:
             "replicas": [r.to_dict() for r in self.replicas],
             "nginx": proc(self.nginx), "prometheus": proc(self.prometheus),
             "redis": proc(self.redis), "drop_keys": self.drop_keys,
+            "routing": self.routing.value,
         }
 
     @classmethod
@@ -115,7 +118,9 @@ class ClusterState:
                    data["redis_prefix"], data["prometheus_port"],
                    tuple(Replica.from_dict(r) for r in data["replicas"]),
                    proc(data["nginx"]), proc(data["prometheus"]), proc(data["redis"]),
-                   bool(data["ready"]), bool(data["drop_keys"]))
+                   bool(data["ready"]), bool(data["drop_keys"]),
+                   # A cluster started before routing was recorded is room-hashed.
+                   Routing(data.get("routing", Routing.ROOM_HASH)))
 
     def save(self) -> None:
         path = self.run_dir / STATE_FILE
