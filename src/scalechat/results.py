@@ -11,8 +11,8 @@ A results directory holds:
     this shard's per-stage :class:`StageResult` list (``{"format": 1, "shard": i,
     "shards": n, "stages": [...]}``), written atomically (temp file + rename) so a
     reader never sees half a file.
-``events-shard-<i>-of-<n>.csv``
-    optional raw event log (see :mod:`scalechat.eventlog`).
+``events-shard-<i>-of-<n>-w<k>.csv``
+    optional raw event log, one per worker process (see :mod:`scalechat.eventlog`).
 
 Merging shard files (:func:`merge_stage_results`) sums counts and merges histograms
 exactly, so n shards give the same numbers as one run that did all the work.
