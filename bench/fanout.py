@@ -47,6 +47,7 @@ class Measurement:
     delivered_per_s: float
     cpu_us_per_delivery: float
     server_cpu_percent: float
+    server_system_share: float  # kernel time / all CPU time of the server
     echo_p50_ms: float
     echo_p99_ms: float
     generator_cpu_percent: float
@@ -59,9 +60,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of ``pid``."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
+    return int(fields[11]) / TICK, int(fields[12]) / TICK
+
+
+def cpu_seconds(pid: int) -> float:
+    return sum(cpu_split(pid))
 
 
 SCALECHAT_FLAGS: list[str] = []
@@ -167,9 +173,10 @@ async def measure(kind: str, scenario: str, rooms: int, per_room: int,
         rate = deliveries_per_s / (rooms * per_room * per_room)
         await gen.run(rate, 1.0)  # warm-up
         gen.echo.clear()
-        cpu0, own0, t0 = cpu_seconds(proc.pid), time.process_time(), time.perf_counter()
+        (user0, sys0), own0, t0 = cpu_split(proc.pid), time.process_time(), time.perf_counter()
         sent, delivered = await gen.run(rate, seconds)
-        cpu1, own1, t1 = cpu_seconds(proc.pid), time.process_time(), time.perf_counter()
+        (user1, sys1), own1, t1 = cpu_split(proc.pid), time.process_time(), time.perf_counter()
+        cpu0, cpu1 = user0 + sys0, user1 + sys1
         await gen.close()
         echo = np.array(gen.echo) * 1000 if gen.echo else np.array([np.nan])
         return Measurement(
@@ -177,6 +184,7 @@ async def measure(kind: str, scenario: str, rooms: int, per_room: int,
             delivered_per_s=delivered / seconds,
             cpu_us_per_delivery=(cpu1 - cpu0) / max(delivered, 1) * 1e6,
             server_cpu_percent=(cpu1 - cpu0) / (t1 - t0) * 100,
+            server_system_share=(sys1 - sys0) / max(cpu1 - cpu0, 1e-9),
             echo_p50_ms=float(np.percentile(echo, 50)), echo_p99_ms=float(np.percentile(echo, 99)),
             generator_cpu_percent=(own1 - own0) / (t1 - t0) * 100,
             lost=sent * per_room - delivered)
@@ -193,12 +201,12 @@ SCENARIOS = {  # name: (rooms, clients per room, fixed deliveries/s both hold)
 
 def table(rows: list[Measurement]) -> str:
     head = (f"{'scenario':8} {'server':9} {'offered/s':>10} {'delivered/s':>11} {'cpu us/dlv':>10} "
-            f"{'cpu %':>6} {'p50 ms':>7} {'p99 ms':>8} {'gen cpu %':>9}")
+            f"{'cpu %':>6} {'sys':>4} {'p50 ms':>7} {'p99 ms':>8} {'gen cpu %':>9}")
     lines = [head, "-" * len(head)]
     for m in rows:
         lines.append(f"{m.scenario:8} {m.server:9} {m.offered_deliveries_per_s:>10.0f} "
                      f"{m.delivered_per_s:>11.0f} {m.cpu_us_per_delivery:>10.2f} "
-                     f"{m.server_cpu_percent:>6.0f} {m.echo_p50_ms:>7.2f} {m.echo_p99_ms:>8.2f} "
+                     f"{m.server_cpu_percent:>6.0f} {m.server_system_share:>4.0%} {m.echo_p50_ms:>7.2f} {m.echo_p99_ms:>8.2f} "
                      f"{m.generator_cpu_percent:>9.0f}")
     return "\n".join(lines)
 
