@@ -24,7 +24,8 @@ from scalechat.chat.errors import BrokerUnavailable
 from scalechat.chat.hub import Hub
 from scalechat.chat.metrics import Metrics
 from scalechat.chat.node import Node
-from scalechat.chat.protocol import CloseCode, parse_since, validate_name, validate_room
+from scalechat.chat.protocol import (CloseCode, RefusalReason, parse_since, validate_name,
+                                     validate_room)
 from scalechat.chat.ratelimit import TokenBucket
 from scalechat.chat.settings import Settings
 from scalechat.hostinfo import host_facts
@@ -43,7 +44,7 @@ state_key = web.AppKey("state", dict)
 class Refused(Exception):
     """An upgrade refused with an HTTP status and a plain-text reason."""
 
-    def __init__(self, status: int, reason: str, label: str) -> None:
+    def __init__(self, status: int, reason: str, label: RefusalReason) -> None:
         super().__init__(reason)
         self.status, self.reason, self.label = status, reason, label
 
@@ -147,13 +148,13 @@ def _admit(request: web.Request) -> tuple[str, str, int | None, str | None]:
     try:
         room = validate_room(request.match_info["room"])
     except ValueError as exc:
-        raise Refused(400, str(exc), "bad_room") from None
+        raise Refused(400, str(exc), RefusalReason.BAD_ROOM) from None
     if request.app[state_key]["draining"]:
-        raise Refused(503, "server is shutting down", "draining")
+        raise Refused(503, "server is shutting down", RefusalReason.DRAINING)
     if node.hub.connection_count >= settings.max_connections:
-        raise Refused(503, f"connection limit of {settings.max_connections} reached", "capacity")
+        raise Refused(503, f"connection limit of {settings.max_connections} reached", RefusalReason.CAPACITY)
     if not _origin_allowed(request, settings):
-        raise Refused(403, f"origin {request.headers['Origin']!r} is not allowed", "origin")
+        raise Refused(403, f"origin {request.headers['Origin']!r} is not allowed", RefusalReason.ORIGIN)
     query = request.query
     if settings.auth_secret:
         name = _authenticate(query.get("token"), settings.auth_secret)
@@ -163,7 +164,7 @@ def _admit(request: web.Request) -> tuple[str, str, int | None, str | None]:
         name = validate_name(name)
         since = parse_since(query.get("since"))
     except ValueError as exc:
-        raise Refused(400, str(exc), "bad_query") from None
+        raise Refused(400, str(exc), RefusalReason.BAD_QUERY) from None
     return room, name, since, query.get("epoch") or None
 
 
@@ -176,16 +177,16 @@ def _origin_allowed(request: web.Request, settings: Settings) -> bool:
 
 def _authenticate(token: str | None, secret: str) -> str:
     if not token:
-        raise Refused(401, "missing ?token=: this server requires a signed token", "auth")
+        raise Refused(401, "missing ?token=: this server requires a signed token", RefusalReason.AUTH)
     try:
         claims = jwt.decode(token, secret, algorithms=["HS256"])
     except jwt.ExpiredSignatureError:
-        raise Refused(401, "token expired", "auth") from None
+        raise Refused(401, "token expired", RefusalReason.AUTH) from None
     except jwt.InvalidTokenError as exc:
-        raise Refused(401, f"invalid token: {exc}", "auth") from None
+        raise Refused(401, f"invalid token: {exc}", RefusalReason.AUTH) from None
     name = claims.get("name") or claims.get("sub")
     if not isinstance(name, str):
-        raise Refused(401, "token has no 'name' or 'sub' claim", "auth")
+        raise Refused(401, "token has no 'name' or 'sub' claim", RefusalReason.AUTH)
     return name
 
 

@@ -20,7 +20,7 @@ from prometheus_client import (CollectorRegistry, Counter, Gauge, Info, Platform
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from scalechat.chat.protocol import ErrorCode
+from scalechat.chat.protocol import ErrorCode, RefusalReason
 
 # From 100 us to 10 s: loop stalls show up in the top buckets.
 PROCESSING_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
@@ -56,6 +56,8 @@ class Metrics:
         self.connections_refused = Counter(
             "scalechat_connections_refused_total", "Upgrades refused before the WebSocket opened.",
             ["reason"], registry=registry)
+        for reason in RefusalReason:  # every series exists from the start, so rate() sees the first
+            self.connections_refused.labels(reason=reason.value)
         Info("scalechat_host", "Facts about the host a load test must be read against.",
              registry=registry).info({k: "" if v is None else str(v) for k, v in host_facts.items()})
         self._server = None

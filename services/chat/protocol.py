@@ -53,6 +53,17 @@ class ErrorCode(enum.StrEnum):
     UNAVAILABLE = "unavailable"
 
 
+class RefusalReason(enum.StrEnum):
+    """Why an upgrade was refused before the WebSocket opened (a metrics label)."""
+
+    BAD_ROOM = "bad_room"
+    BAD_QUERY = "bad_query"
+    DRAINING = "draining"
+    CAPACITY = "capacity"
+    ORIGIN = "origin"
+    AUTH = "auth"
+
+
 class CloseCode(enum.IntEnum):
     """WebSocket close codes we send (RFC 6455 section 7.4.1)."""
 
