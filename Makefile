@@ -27,7 +27,7 @@ cluster-down: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q --upgrade pip "setuptools>=70.1"
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
 
