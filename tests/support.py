@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import socket
 import subprocess
@@ -21,15 +22,35 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05, message: str = "condition"):
+def wait_until(predicate, timeout: float = 10.0, message="condition", interval: float = 0.05):
+    """Poll ``predicate`` until it returns something truthy (returned) or ``timeout`` passes.
+
+    ``message`` names what is awaited; it may be a callable, evaluated on failure.
+    """
     deadline = time.monotonic() + timeout
     while True:
         result = predicate()
         if result:
             return result
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {_said(message)}")
         time.sleep(interval)
+
+
+async def eventually(predicate, timeout: float = 10.0, message="condition", interval: float = 0.02):
+    """``wait_until`` for async tests: sleeps with asyncio so the loop keeps running."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {_said(message)}")
+        await asyncio.sleep(interval)
+
+
+def _said(message) -> str:
+    return message() if callable(message) else message
 
 
 @dataclass

@@ -1,6 +1,5 @@
 """The memory broker's history, resume rules and bounds."""
 
-import asyncio
 
 import orjson
 import pytest

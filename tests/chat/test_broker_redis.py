@@ -19,6 +19,8 @@ import uuid
 import aiohttp
 import orjson
 import pytest
+
+from support import eventually, free_port
 from redis.asyncio import Redis
 
 from scalechat.chat.broker import Draft
@@ -32,23 +34,6 @@ REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 # --- helpers --------------------------------------------------------------------------
-
-
-async def eventually(predicate, timeout: float = 5.0, message: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
-        await asyncio.sleep(0.01)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Recorder:

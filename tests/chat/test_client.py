@@ -14,7 +14,6 @@ import queue
 import re
 import select
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,6 +21,8 @@ import time
 
 import jwt
 import pytest
+
+from support import free_port
 from aiohttp import web
 
 from scalechat.chat.client import format_message, format_presence, room_url
@@ -29,12 +30,6 @@ SCALECHAT = [sys.executable, "-m", "scalechat.cli"]
 TIMEOUT = 30
 SECRET = "test-secret-of-at-least-32-bytes!"
 CLOCK = r"\[\d\d:\d\d:\d\d\]"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def chat(url: str, *args: str, stdin: str = "") -> subprocess.CompletedProcess:

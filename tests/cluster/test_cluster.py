@@ -24,6 +24,8 @@ import aiohttp
 import orjson
 import pytest
 
+from support import eventually
+
 from scalechat.cluster import Cluster, UsageError
 from scalechat.cluster import nginx, redis_server
 from scalechat.cluster.processes import find_program, free_port, http_status, kill
@@ -33,19 +35,6 @@ CLI = [sys.executable, "-m", "scalechat.cluster.cli"]
 
 
 # --- helpers --------------------------------------------------------------------------
-
-
-async def eventually(predicate, timeout: float = 10.0, message: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            if callable(message):
-                message = message()
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
-        await asyncio.sleep(0.02)
 
 
 async def http_eventually(url: str, status: int, timeout: float, message: str) -> None:

@@ -35,6 +35,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from support import wait_until
+
 from scalechat.cluster import Cluster
 from scalechat.cluster import prometheus as cluster_prometheus
 from scalechat.results import StageResult, read_results_dir
@@ -98,17 +100,6 @@ def scalar(base: str, expr: str, at: float | None = None) -> float | None:
     return float(result[0]["value"][1]) if result else None
 
 
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.1)
-
-
 # --- the one load ---------------------------------------------------------------------
 
 
@@ -151,11 +142,11 @@ def loaded(tmp_path_factory) -> LoadedCluster:
         status = cluster.status()
         prom = status["prometheus"]
         # Series appear ~6 s after start (file_sd updates are batched every 5 s).
-        wait_for(lambda: scalar(prom, "count(count_over_time(scalechat_connections[1m]) >= 2)") == 2,
+        wait_until(lambda: scalar(prom, "count(count_over_time(scalechat_connections[1m]) >= 2)") == 2,
                  30, "two scrapes of both replicas")
         quiet_at = time.time()
         asyncio.run(misbehave(status["balancer"]))
-        wait_for(lambda: scalar(prom, "sum(scalechat_messages_rejected_total)") == 1
+        wait_until(lambda: scalar(prom, "sum(scalechat_messages_rejected_total)") == 1
                  and scalar(prom, "sum(scalechat_connections_refused_total)") == 1,
                  15, "Prometheus to scrape the rejection and the refusal")
 
@@ -170,7 +161,7 @@ def loaded(tmp_path_factory) -> LoadedCluster:
         _, (stage,) = read_results_dir(results)
         assert stage.connections == ROOMS * CLIENTS_PER_ROOM and stage.received > 0, stage.to_dict()
 
-        wait_for(lambda: (scalar(prom, "min(timestamp(scalechat_messages_delivered_total))") or 0)
+        wait_until(lambda: (scalar(prom, "min(timestamp(scalechat_messages_delivered_total))") or 0)
                  > stage.ended_at + 1, 15, "a scrape of both replicas after the measurement window")
         yield LoadedCluster(cluster, status, prom, results, stage, quiet_at,
                             done.stdout + done.stderr)

@@ -20,22 +20,13 @@ from pathlib import Path
 import orjson
 import pytest
 
+from support import wait_until
+
 from scalechat.loadgen.wsclient import connect
 from scalechat.results import read_results_dir
 
 pytestmark = pytest.mark.timeout(90)
 LOAD = [sys.executable, "-m", "scalechat.loadgen.cli"]
-
-
-def wait_until(predicate, timeout: float, message: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
-        time.sleep(0.05)
 
 
 def server_connections(server) -> int:
