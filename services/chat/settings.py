@@ -179,14 +179,17 @@ def _convert(f: dataclasses.Field, raw: Any, source: str) -> Any:
         raise SettingsError(f.name, f"{source}: expected {kind.__name__}, got {raw!r}") from None
 
 
+def _shown_default(f: dataclasses.Field) -> str:
+    default = f.default
+    shown = ",".join(default) if isinstance(default, tuple) else str(default)
+    return "(empty)" if f.metadata["secret"] or shown == "" else shown
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add one flag per setting; defaults stay None so the environment can apply."""
     for f in dataclasses.fields(Settings):
         default = f.default
-        shown = ",".join(default) if isinstance(default, tuple) else default
-        if f.metadata["secret"]:
-            shown = "(unset)"
-        help_text = f"{f.metadata['help']} [env {env_var(f.name)}; default: {shown!s}]"
+        help_text = f"{f.metadata['help']} [env {env_var(f.name)}; default: {_shown_default(f)}]"
         kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": help_text}
         if f.metadata["choices"]:
             kwargs["choices"] = f.metadata["choices"]
@@ -201,11 +204,8 @@ def settings_table() -> str:
     """The README's settings table, generated from the declarations."""
     rows = ["| flag | environment | default | meaning |", "|---|---|---|---|"]
     for f in dataclasses.fields(Settings):
-        default = f.default
-        shown = ",".join(default) if isinstance(default, tuple) else default
-        if f.metadata["secret"] or shown == "":
-            shown = "(empty)"
-        rows.append(f"| `--{flag(f.name)}` | `{env_var(f.name)}` | `{shown}` | {f.metadata['help']} |")
+        rows.append(f"| `--{flag(f.name)}` | `{env_var(f.name)}` | `{_shown_default(f)}` | "
+                    f"{f.metadata['help']} |")
     return "\n".join(rows)
 
 
