@@ -268,6 +268,8 @@
     ui.me.textContent = f.name;
     ui.status.title = `node ${f.node}, epoch ${f.epoch}`;
     for (const m of f.messages) addMessage(m);
+    // The room's latest seq, even when the history frame showed fewer (or no) messages.
+    state.lastSeq = Math.max(state.lastSeq, f.last_seq || 0);
     state.attempt = 0;
     state.joined = true;
     setStatus("connected", "Connected");
