@@ -2,8 +2,9 @@
 
 For each scenario (rooms x clients, 100-byte messages) and each server:
   * at a fixed offered load both servers hold: server CPU seconds per delivered
-    message (from /proc/<pid>/stat), delivered/s, echo latency p50/p99 measured
-    from the *scheduled* send time;
+    message (from /proc/<pid>/stat) and its kernel share, write syscalls per
+    delivered message (from /proc/<pid>/io), delivered/s, echo latency p50/p99
+    measured from the *scheduled* send time;
   * at saturation (an offered load far above what either holds): delivered/s.
 
 The server runs pinned to core 0, the generator (this process) to core 1.
@@ -48,6 +49,7 @@ class Measurement:
     cpu_us_per_delivery: float
     server_cpu_percent: float
     server_system_share: float  # kernel time / all CPU time of the server
+    server_writes_per_delivery: float  # write syscalls of the server / deliveries
     echo_p50_ms: float
     echo_p99_ms: float
     generator_cpu_percent: float
@@ -68,6 +70,18 @@ def cpu_split(pid: int) -> tuple[float, float]:
 
 def cpu_seconds(pid: int) -> float:
     return sum(cpu_split(pid))
+
+
+def write_syscalls(pid: int) -> int:
+    """write/writev/send calls made by ``pid`` so far (``syscw`` in /proc/<pid>/io).
+
+    Per delivery, this shows how well the server batches: the kernel cost of a
+    loopback send is paid per call, nearly whatever its size.
+    """
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("syscw:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/{pid}/io has no syscw line")
 
 
 SCALECHAT_FLAGS: list[str] = []
@@ -173,9 +187,11 @@ async def measure(kind: str, scenario: str, rooms: int, per_room: int,
         rate = deliveries_per_s / (rooms * per_room * per_room)
         await gen.run(rate, 1.0)  # warm-up
         gen.echo.clear()
+        writes0 = write_syscalls(proc.pid)
         (user0, sys0), own0, t0 = cpu_split(proc.pid), time.process_time(), time.perf_counter()
         sent, delivered = await gen.run(rate, seconds)
         (user1, sys1), own1, t1 = cpu_split(proc.pid), time.process_time(), time.perf_counter()
+        writes1 = write_syscalls(proc.pid)
         cpu0, cpu1 = user0 + sys0, user1 + sys1
         await gen.close()
         echo = np.array(gen.echo) * 1000 if gen.echo else np.array([np.nan])
@@ -185,6 +201,7 @@ async def measure(kind: str, scenario: str, rooms: int, per_room: int,
             cpu_us_per_delivery=(cpu1 - cpu0) / max(delivered, 1) * 1e6,
             server_cpu_percent=(cpu1 - cpu0) / (t1 - t0) * 100,
             server_system_share=(sys1 - sys0) / max(cpu1 - cpu0, 1e-9),
+            server_writes_per_delivery=(writes1 - writes0) / max(delivered, 1),
             echo_p50_ms=float(np.percentile(echo, 50)), echo_p99_ms=float(np.percentile(echo, 99)),
             generator_cpu_percent=(own1 - own0) / (t1 - t0) * 100,
             lost=sent * per_room - delivered)
@@ -201,12 +218,13 @@ SCENARIOS = {  # name: (rooms, clients per room, fixed deliveries/s both hold)
 
 def table(rows: list[Measurement]) -> str:
     head = (f"{'scenario':8} {'server':9} {'offered/s':>10} {'delivered/s':>11} {'cpu us/dlv':>10} "
-            f"{'cpu %':>6} {'sys':>4} {'p50 ms':>7} {'p99 ms':>8} {'gen cpu %':>9}")
+            f"{'cpu %':>6} {'sys':>4} {'w/dlv':>5} {'p50 ms':>7} {'p99 ms':>8} {'gen cpu %':>9}")
     lines = [head, "-" * len(head)]
     for m in rows:
         lines.append(f"{m.scenario:8} {m.server:9} {m.offered_deliveries_per_s:>10.0f} "
                      f"{m.delivered_per_s:>11.0f} {m.cpu_us_per_delivery:>10.2f} "
-                     f"{m.server_cpu_percent:>6.0f} {m.server_system_share:>4.0%} {m.echo_p50_ms:>7.2f} {m.echo_p99_ms:>8.2f} "
+                     f"{m.server_cpu_percent:>6.0f} {m.server_system_share:>4.0%} "
+                     f"{m.server_writes_per_delivery:>5.2f} {m.echo_p50_ms:>7.2f} {m.echo_p99_ms:>8.2f} "
                      f"{m.generator_cpu_percent:>9.0f}")
     return "\n".join(lines)
 
