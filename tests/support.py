@@ -22,7 +22,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_until(predicate, timeout: float = 10.0, message="condition", interval: float = 0.05):
+def wait_until(predicate, timeout: float = 10.0, message="condition", *, interval: float = 0.05):
     """Poll ``predicate`` until it returns something truthy (returned) or ``timeout`` passes.
 
     ``message`` names what is awaited; it may be a callable, evaluated on failure.
@@ -37,7 +37,7 @@ def wait_until(predicate, timeout: float = 10.0, message="condition", interval: 
         time.sleep(interval)
 
 
-async def eventually(predicate, timeout: float = 10.0, message="condition", interval: float = 0.02):
+async def eventually(predicate, timeout: float = 10.0, message="condition", *, interval: float = 0.02):
     """``wait_until`` for async tests: sleeps with asyncio so the loop keeps running."""
     deadline = time.monotonic() + timeout
     while True:

@@ -106,7 +106,7 @@ def prometheus_scraping(tmp_path):
                 return False
             return bool(result) and result[0]["value"][1] == "3"
 
-        wait_until(all_up, 30, 0.2, "Prometheus to scrape the three exporters")
+        wait_until(all_up, 30, "Prometheus to scrape the three exporters", interval=0.2)
         yield url, time.time()
     finally:
         proc.terminate()
@@ -124,7 +124,7 @@ def test_server_side_per_stage_from_a_real_prometheus(prometheus_scraping, resul
     url, up = prometheus_scraping
     # Two 2 s stages after the first 4 s of scrapes: every rate in them has a full 4 s window
     # behind it (rate() underestimates while a series is younger than its window).
-    wait_until(lambda: time.time() > up + 8.2, 30, 0.2, "two stages' worth of samples")
+    wait_until(lambda: time.time() > up + 8.2, 30, "two stages' worth of samples", interval=0.2)
     run = results_dir("run", make_stages()[:2], t0=up + 4.0, stage_seconds=2.0)
     outcome = analyze(run, "--prometheus", url, "--out", tmp_path / "out")
     assert outcome.code == 0 and outcome.err == ""
