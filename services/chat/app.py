@@ -73,12 +73,10 @@ def create_app(settings: Settings) -> web.Application:
 
 async def _node_ctx(app: web.Application):
     settings = app[settings_key]
-    loop = asyncio.get_running_loop()
-    hub_ref: list[Hub] = []
-    metrics = Metrics(lambda: hub_ref[0].connection_count, lambda: hub_ref[0].room_count,
-                      app[state_key]["facts"])
-    hub = Hub(loop, metrics.observe_processing, settings.flush_interval_ms / 1000)
-    hub_ref.append(hub)
+    # The gauges read the hub at scrape time; the exporter starts after it exists.
+    metrics = Metrics(lambda: hub.connection_count, lambda: hub.room_count, app[state_key]["facts"])
+    hub = Hub(asyncio.get_running_loop(), metrics.observe_processing,
+              settings.flush_interval_ms / 1000)
     node = Node(settings, create_broker(settings), metrics, hub)
     app[metrics_key], app[node_key] = metrics, node
     if settings.metrics_port:
