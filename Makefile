@@ -25,9 +25,10 @@ cluster: $(STAMP) apt-test
 cluster-down: $(STAMP)
 	$(BIN)/scalechat cluster down
 
-$(STAMP): pyproject.toml
+# The C extensions are built by the editable install: a change to them reinstalls.
+$(STAMP): pyproject.toml $(wildcard services/*/*.c)
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip "setuptools>=70.1"
+	$(BIN)/pip install -q --upgrade pip "setuptools>=74.1"
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
 

@@ -45,7 +45,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fanout import cpu_seconds, free_port  # noqa: E402  (a sibling script, not a package)
+from fanout import cpu_seconds, free_port, write_syscalls  # noqa: E402  (a sibling script, not a package)
 
 SERVER_CPU, GENERATOR_CPU = 0, 1
 WARMUP = 0.5
@@ -92,12 +92,13 @@ class Server:
         self.proc.wait(20)
 
 
-def window(server: Server, seconds: float) -> tuple[float, float]:
-    """(deliveries/s, server CPU share) over ``seconds`` from now."""
-    d0, c0, t0 = server.delivered(), server.cpu(), time.monotonic()
+def window(server: Server, seconds: float) -> tuple[float, float, float]:
+    """(deliveries/s, server CPU share, deliveries per write syscall) over ``seconds`` from now."""
+    pid = server.proc.pid
+    d0, c0, w0, t0 = server.delivered(), server.cpu(), write_syscalls(pid), time.monotonic()
     time.sleep(seconds)
-    d1, c1, t1 = server.delivered(), server.cpu(), time.monotonic()
-    return (d1 - d0) / (t1 - t0), (c1 - c0) / (t1 - t0)
+    d1, c1, w1, t1 = server.delivered(), server.cpu(), write_syscalls(pid), time.monotonic()
+    return (d1 - d0) / (t1 - t0), (c1 - c0) / (t1 - t0), (d1 - d0) / max(1, w1 - w0)
 
 
 # --------------------------------------------------------------------------- (a) trivial receiver
@@ -210,15 +211,14 @@ class Pusher(asyncio.Protocol):
 
 
 def build_round(shared: dict, n: int) -> bytes:
-    """Round ``n``: ``frames`` messages from senders 0..K-1 with consecutive msgnos, stamped now."""
+    """Round ``n``: ``frames`` messages, round-robin over senders 0..K-1 with consecutive msgnos, stamped now."""
     k, frames = shared["clients"], shared["frames"]
     now = time.monotonic_ns()
     pad = "x" * max(0, shared["size"] - 30)
     out = bytearray()
-    per = frames // k
     for j in range(frames):
-        sender, msgno = j % k, n * per + j // k
         seq = n * frames + j
+        sender, msgno = seq % k, seq // k
         body = (f'{{"type":"message","room":"lt-bench-s0-r0","seq":{seq},"id":"e-{seq}","from":"c{sender}",'
                 f'"text":"{sender} {msgno} {now} {pad}","ts":1732700000000,"cid":null}}').encode()
         out += bytes([0x81, 126]) + len(body).to_bytes(2, "big") + body
@@ -244,13 +244,13 @@ def pump(shared: dict) -> None:
     asyncio.get_running_loop().call_soon(pump, shared)
 
 
-def run_pusher_child(commands, replies, clients: int, size: int) -> None:
+def run_pusher_child(commands, replies, clients: int, size: int, frames: int) -> None:
     """Serve handshakes; push from t0 to t_end (monotonic ns, received on ``commands``)."""
     import uvloop
 
     async def serve() -> None:
         loop = asyncio.get_running_loop()
-        shared = {"clients": clients, "frames": clients * 8, "rounds": {}, "size": size, "until": 0}
+        shared = {"clients": clients, "frames": frames, "rounds": {}, "size": size, "until": 0}
         server = await loop.create_server(lambda: Pusher(shared), "127.0.0.1", 0, backlog=1024)
         replies.put(server.sockets[0].getsockname()[1])
         t0, shared["until"] = await loop.run_in_executor(None, commands.get)
@@ -261,7 +261,7 @@ def run_pusher_child(commands, replies, clients: int, size: int) -> None:
     uvloop.run(serve())
 
 
-def absorb(clients: int, size: int, seconds: float) -> tuple[float, float]:
+def absorb(clients: int, size: int, seconds: float, frames: int) -> tuple[float, float]:
     """(b): messages one real worker process (pinned to the generator CPU) takes in per CPU second.
 
     Returns (rate, busy share of the wall time from go to done).
@@ -272,7 +272,7 @@ def absorb(clients: int, size: int, seconds: float) -> tuple[float, float]:
 
     ctx = multiprocessing.get_context("spawn")
     to_pusher, from_pusher = ctx.Queue(), ctx.Queue()
-    pusher = ctx.Process(target=run_pusher_child, args=(to_pusher, from_pusher, clients, size), daemon=True)
+    pusher = ctx.Process(target=run_pusher_child, args=(to_pusher, from_pusher, clients, size, frames), daemon=True)
     pusher.start()
     os.sched_setaffinity(pusher.pid, {SERVER_CPU})
     port = from_pusher.get(timeout=20)
@@ -317,8 +317,10 @@ def expect(conn, kind: str, timeout: float = 30) -> tuple:
 # --------------------------------------------------------------------------- orchestration
 
 
-def push_capacity(k: int, room_size: int, rate: float, secs: float, commands: list[str]) -> tuple[float, float]:
-    """(a): the server's deliveries/s and CPU share with trivial receivers in rooms of ``room_size``."""
+def push_capacity(k: int, room_size: int, rate: float, secs: float,
+                  commands: list[str]) -> tuple[float, float, float]:
+    """(a): the server's deliveries/s, CPU share and deliveries per write with trivial receivers
+    in rooms of ``room_size``."""
     server = Server()
     commands.append(" ".join(server.cmd))
     url = f"ws://127.0.0.1:{server.port}/ws/{{room}}"
@@ -334,8 +336,24 @@ def push_capacity(k: int, room_size: int, rate: float, secs: float, commands: li
         server.stop()
 
 
-def real_run(k: int, rate: float, size: int, secs: float, commands: list[str]) -> tuple[float, float, bool]:
-    """(c): the server's deliveries/s with ``scalechat load`` (one worker) receiving in one room of ``k``."""
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of ``pid`` and its descendants alive now (the load CLI and its worker)."""
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            total += cpu_seconds(p)
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return total
+
+
+def real_run(k: int, rate: float, size: int, secs: float, commands: list[str]) -> tuple[float, float, float, bool]:
+    """(c): the server's deliveries/s with ``scalechat load`` (one worker) receiving in one room of ``k``.
+
+    Returns (deliveries/s, server CPU share, generator CPU share, overloaded)."""
     server = Server()
     commands.append(" ".join(server.cmd))
     out = Path(tempfile.mkdtemp(prefix="bench-loadgen-"))
@@ -350,10 +368,12 @@ def real_run(k: int, rate: float, size: int, secs: float, commands: list[str]) -
         while server.connections() < k and time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(1.0 + 0.3)  # warm-up, then into the measurement window
-        rate_, cpu = window(server, secs)
+        g0, t0 = tree_cpu_seconds(load.pid), time.monotonic()
+        rate_, cpu, _ = window(server, secs)
+        generator_cpu = (tree_cpu_seconds(load.pid) - g0) / (time.monotonic() - t0)
         load.wait(60)
         stage = json.loads((out / "shard-0-of-1.json").read_text())["stages"][0]
-        return rate_, cpu, "generator_overloaded" in stage["errors"]
+        return rate_, cpu, generator_cpu, "generator_overloaded" in stage["errors"]
     finally:
         if load.poll() is None:
             load.kill()
@@ -378,31 +398,41 @@ def main() -> None:
         raise SystemExit("needs two CPUs (server on CPU 0, generator on CPU 1)")
     k, secs = args.clients, args.seconds
     commands: list[str] = []
-    big, big_cpu = push_capacity(k, k, args.rate, secs, commands)
-    small, small_cpu = push_capacity(k, 5, args.small_rate, secs, commands)
-    absorb_rate, absorb_busy = absorb(k, args.size, secs)
+    big, big_cpu, big_batch = push_capacity(k, k, args.rate, secs, commands)
+    small, small_cpu, small_batch = push_capacity(k, 5, args.small_rate, secs, commands)
+    # The generator's cost per message depends on how many arrive per read, so it is measured
+    # with the pusher writing as many frames per write as the server just did for each shape.
+    absorbs = {batch: absorb(k, args.size, secs, batch) for batch in (max(1, round(big_batch)),
+                                                                     max(1, round(small_batch)), 1024)}
     commands.append(f"(in-process) the fast pusher pinned to CPU {SERVER_CPU}; a scalechat.loadgen.worker "
                     f"process pinned to CPU {GENERATOR_CPU}, {k} connections")
-    real, real_cpu, overloaded = real_run(k, args.rate, args.size, secs, commands)
+    real, real_cpu, real_generator_cpu, overloaded = real_run(k, args.rate, args.size, secs, commands)
 
     print(f"server on CPU {SERVER_CPU}, generator on CPU {GENERATOR_CPU}; {k} connections, {args.size}-byte texts")
-    print(f"{'measurement':<52}{'deliveries/s':>14}  note")
+    print(f"{'measurement':<58}{'deliveries/s':>14}  note")
     rows = [
         (f"(a) server push, 1 room of {k}, trivial receiver", big,
-         f"offered {k * k * args.rate:,.0f}/s, server cpu {big_cpu:.0%}"),
-        (f"(a) server push, rooms of 5, trivial receiver", small,
-         f"offered {k * 5 * args.small_rate:,.0f}/s, server cpu {small_cpu:.0%}"),
-        ("(b) generator absorb (one worker, fast pusher)", absorb_rate,
-         f"per worker CPU-second (worker busy {absorb_busy:.0%} of the wall time)"),
-        (f"(c) server push, 1 room of {k}, scalechat load receiving", real,
-         f"server cpu {real_cpu:.0%}; generator_overloaded: {'yes' if overloaded else 'no'}"),
+         f"offered {k * k * args.rate:,.0f}/s, server cpu {big_cpu:.0%}, {big_batch:.1f} frames per write"),
+        ("(a) server push, rooms of 5, trivial receiver", small,
+         f"offered {k * 5 * args.small_rate:,.0f}/s, server cpu {small_cpu:.0%}, {small_batch:.1f} frames per write"),
     ]
+    for batch, (rate_, busy) in absorbs.items():
+        rows.append((f"(b) generator absorb, {batch} frames per write", rate_,
+                     f"per worker CPU-second (worker busy {busy:.0%} of the wall time)"))
+    rows.append((f"(c) server push, 1 room of {k}, scalechat load receiving", real,
+                 f"server cpu {real_cpu:.0%}, generator cpu {real_generator_cpu:.0%} (also sending "
+                 f"{k * args.rate:,.0f}/s); generator_overloaded: {'yes' if overloaded else 'no'}"))
     for name, value, note in rows:
-        print(f"{name:<52}{value:>14,.0f}  {note}")
-    for label, push in ((f"1 room of {k}", big), ("rooms of 5", small)):
+        print(f"{name:<58}{value:>14,.0f}  {note}")
+    for label, push, batch in ((f"1 room of {k}", big, big_batch), ("rooms of 5", small, small_batch)):
+        absorb_rate = absorbs[max(1, round(batch))][0]
         ratio = absorb_rate / push if push else float("inf")
         verdict = "OK" if ratio >= 2 else f"TOO LOW: give the test >= {2 / ratio:.1f} generator cores per server core"
         print(f"absorb / push, {label}: {ratio:.2f} -> {verdict}")
+    if real_generator_cpu > 0:
+        print(f"(c) the generator took in {real / real_generator_cpu:,.0f}/s per CPU-second while receiving and "
+              f"sending; the server pushed {real / max(real_cpu, 1e-9):,.0f}/s per CPU-second: "
+              f"{real_cpu / real_generator_cpu:.2f}x")
     print("commands:")
     for command in commands:
         print("  " + command)

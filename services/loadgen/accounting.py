@@ -5,14 +5,22 @@ A message's text starts with ``"<sender> <msgno> <scheduled_ns> "`` (see
 complete payload of one TCP read and counts each receipt against the stage
 it belongs to (``run``: a :class:`~scalechat.loadgen.worker.StageRun`).
 
+When the C extension :mod:`scalechat.loadgen._fastscan` is built, each
+connection's C ``Scanner`` sees every read first (``WSClient``'s scan hook)
+and accounts the plain in-order message frames without creating a Python
+object per message (latencies wait in a :class:`ReceiptTally`, binned in
+batches); it stops at the first frame that needs a decision (a gap, a
+repeat, a control or history frame, a receipt after the deadline...) and
+the Python path below takes the rest.
+
 Guarantees, per receiving client and sender: a message counts once, as
 received (before the stage's drain deadline) or late (after it), if it was
 scheduled inside the measurement window; a repeat counts as a duplicate; a
 message that arrives after a later one of the same sender counts as
 out-of-order (and received). Up to :data:`MISSING_LIMIT` skipped numbers per
 sender are remembered; a message reordered further back than that counts as a
-duplicate. The numpy path and the per-message path count identically
-(tests/loadgen/test_worker.py feeds both the same stream).
+duplicate. The C path, the numpy path and the per-message path count identically
+(tests/loadgen/test_accounting.py and test_worker.py feed them the same streams).
 """
 
 from __future__ import annotations
@@ -28,6 +36,11 @@ import orjson
 from scalechat.loadgen.plan import RoomPlan, Timetable
 from scalechat.loadgen.wsclient import WSClient
 
+try:
+    from scalechat.loadgen._fastscan import Scanner, Tally
+except ImportError:  # built without a C compiler: the Python path alone, slower
+    Scanner = Tally = None
+
 if TYPE_CHECKING:
     from scalechat.loadgen.worker import StageRun
 
@@ -38,6 +51,41 @@ HEADER = re.compile(rb'"text":"(\d{1,9}) (\d{1,18}) (\d{1,19}) ')
 TEXT_HEADER = re.compile(r"(\d{1,9}) (\d{1,18}) (\d{1,19}) ")  # the same, in a decoded text
 loads = orjson.loads
 monotonic_ns = time.monotonic_ns
+
+
+class ReceiptTally:
+    """What the C scanners accounted for one stage, until :meth:`flush` moves it into the stage.
+
+    Bounded: at most ``capacity`` latencies wait (a full buffer calls
+    :meth:`flush` from inside the scan). Latencies are integer nanoseconds,
+    converted to seconds exactly as the Python path does.
+    """
+
+    __slots__ = ("run", "latencies", "echoes", "c")
+    CAPACITY = 1 << 16
+
+    def __init__(self, run: StageRun, capacity: int = CAPACITY) -> None:
+        self.run = run
+        self.latencies = np.zeros(capacity, dtype=np.int64)
+        self.echoes = np.zeros(capacity, dtype=np.int64)
+        self.c = Tally(self.latencies, self.echoes, self.flush)
+
+    def set_window(self, start_ns: int, end_ns: int, deadline_ns: int) -> None:
+        c = self.c
+        c.start_ns, c.end_ns, c.deadline_ns = start_ns, end_ns, deadline_ns
+
+    def scanner(self, client: Client) -> Scanner:
+        return Scanner(self.c, client.highest, client.idx)
+
+    def flush(self) -> None:
+        run = self.run
+        if n_latencies := self.c.n_latencies:  # the multiplications copy before take() frees the buffers
+            run.result.delivery.record_many(self.latencies[:n_latencies] * 1e-9)
+        if n_echoes := self.c.n_echoes:
+            run.result.echo.record_many(self.echoes[:n_echoes] * 1e-9)
+        _, _, frames, received = self.c.take()
+        run.received += received
+        run.live_received += frames
 
 
 class Room:

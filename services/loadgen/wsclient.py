@@ -368,6 +368,44 @@ class FrameParser:
         self._need = need
         return messages
 
+    @property
+    def idle(self) -> bool:
+        """True between whole messages: no partial frame held, no fragmented message open, not done."""
+        return self._pending is None and self._fragments is None and not self._done
+
+    @property
+    def fragmented(self) -> bool:
+        """A fragmented message is in progress (its continuation frames must follow)."""
+        return self._fragments is not None
+
+    def bytes_to_finish(self, data: bytes) -> int:
+        """How many bytes after the partial frame held complete it (0 if none is held).
+
+        May exceed ``len(data)``. Feeding exactly that many leaves the parser
+        between frames, so what follows in ``data`` starts at a frame boundary.
+        """
+        pending = self._pending
+        if pending is None:
+            return 0
+        head = bytes(pending[:10]) + data[:10]
+        if len(head) < 2:
+            return 1 << 62
+        length = head[1]
+        header = 2 if length < 126 else 4 if length == 126 else 10
+        if length > 127:  # masked: the parser fails the connection on it, whatever follows
+            return len(data)
+        if len(head) < header:
+            return 1 << 62
+        if length >= 126:
+            length = int.from_bytes(head[2:header], "big")
+        return header + length - len(pending)
+
+    def take_pending(self) -> bytes:
+        """The partial frame held, handed over (the parser then holds none)."""
+        pending = bytes(self._pending or b"")
+        self._pending = None
+        return pending
+
     def _frame(self, b0: int, payload: bytes, append: Callable[[bytes], None]) -> None:
         """Everything but a final unfragmented data frame."""
         opcode = b0 & 0x0F
@@ -444,6 +482,13 @@ class WSClient(asyncio.Protocol):
     per message, else an unbounded queue read by :meth:`recv`. Callbacks run
     inside ``data_received``: they must not block, and an exception they raise
     makes the event loop abort the connection (``closed`` gives 1006).
+
+    An optional ``scan(data, pos) -> end`` sees each read first, whenever the
+    parser is between frames: it takes ``data[pos:end]``, complete, final,
+    unmasked data frames only, which it handled itself (so the sink never
+    sees them); the parser gets the rest. A frame split across reads is
+    joined first and offered to ``scan`` whole. The load generator's C
+    receive path (:mod:`scalechat.loadgen._fastscan`) plugs in here.
     """
 
     def __init__(
@@ -454,8 +499,12 @@ class WSClient(asyncio.Protocol):
         on_messages: Callable[[list[bytes]], object] | None,
         max_message_size: int,
         close_timeout: float,
+        scan: Callable[[bytes], int] | None = None,
     ) -> None:
+        if scan is not None and max_message_size < 0xFFFF:
+            raise ValueError("scan needs max_message_size >= 65535: it takes frames of up to 65535 bytes")
         loop = asyncio.get_running_loop()
+        self._scan = scan
         self._loop = loop
         self._key = key
         self._parser = FrameParser(max_message_size)
@@ -501,11 +550,38 @@ class WSClient(asyncio.Protocol):
         if not self._open:
             return self._handshake_data(data)
         parser = self._parser
+        if self._scan is not None:
+            data = self._scan_prefix(data)
+            if not data:
+                if parser.events:
+                    self._handle_events()
+                return
         messages = parser.feed(data)
         if messages:
             self._deliver(messages)
         if parser.events:
             self._handle_events()
+
+    def _scan_prefix(self, data: bytes) -> bytes:
+        """Let ``scan`` take what it can, a split frame included; return the rest for the parser."""
+        parser = self._parser
+        scan = self._scan
+        pos = 0
+        if not parser.idle:
+            need = parser.bytes_to_finish(data)
+            if not need or need > len(data) or parser.fragmented:
+                return data  # done, the split frame goes on, or inside a fragmented message
+            frame = parser.take_pending() + data[:need]
+            if scan(frame, 0) != len(frame):  # type: ignore[misc]
+                messages = parser.feed(frame)
+                if messages:
+                    self._deliver(messages)
+                if not parser.idle:
+                    return data[need:]
+            pos = need
+        if pos < len(data):
+            pos = scan(data, pos)  # type: ignore[misc]
+        return data[pos:] if pos else data
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._close_timer is not None:
@@ -677,6 +753,7 @@ async def connect(
     timeout: float = 10.0,
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     close_timeout: float = 5.0,
+    scan: Callable[[bytes], int] | None = None,
 ) -> WSClient:
     """Open ``ws://host[:port]/path?query`` and complete the opening handshake.
 
@@ -687,6 +764,7 @@ async def connect(
     ProtocolError if its 101 response is invalid. A message larger than
     ``max_message_size`` fails the connection with 1009. Give at most one of
     ``on_message`` and ``on_messages``; with neither, read with ``recv()``.
+    ``scan`` is the prefix hook described in :class:`WSClient`.
     """
     if on_message is not None and on_messages is not None:
         raise ValueError("give on_message or on_messages, not both")
@@ -702,6 +780,7 @@ async def connect(
             on_messages=on_messages,
             max_message_size=max_message_size,
             close_timeout=close_timeout,
+            scan=scan,
         )
 
     async with asyncio.timeout(timeout):

@@ -1,4 +1,6 @@
-"""The receive path's accounting, without sockets: fast (numpy) and exact per-message paths agree."""
+"""The receive path's accounting, without sockets: fast (numpy) and exact per-message paths agree.
+
+The C path (test_fastscan.py) is off here: these feed ``on_messages`` directly."""
 
 from __future__ import annotations
 
@@ -8,27 +10,10 @@ import time
 
 import pytest
 
-from scalechat.loadgen.config import RoomDistribution, SizeSpec, Stage
-from scalechat.loadgen.plan import plan_stage
+from loadgen_streams import frame, make_run, stream
 from scalechat.loadgen.worker import NEVER, StageRun
 
 pytestmark = pytest.mark.asyncio
-
-
-class _NoEvents:
-    events = None
-
-
-def frame(sender: int, msgno: int, sched: int) -> bytes:
-    return (f'{{"type":"message","room":"r","seq":1,"id":"e-1","from":"n","text":"{sender} {msgno} {sched} xx",'
-            f'"ts":1,"cid":null}}').encode()
-
-
-def make_run(start: int = 1000, end: int = 2000, deadline: int = NEVER) -> StageRun:
-    stage = Stage("s", 1, 4, 1.0, SizeSpec(), 1.0, 0.0, RoomDistribution(), "constant")
-    run = StageRun(_NoEvents(), 0, stage, list(plan_stage("t", 0, stage, 1).rooms), "ws://h/{room}", 10.0, 0.0)
-    run.measure_start_ns, run.measure_end_ns, run.deadline_ns = start, end, deadline
-    return run
 
 
 def deliver(run: StageRun, frames: list[bytes], batch: int) -> tuple:
@@ -37,17 +22,6 @@ def deliver(run: StageRun, frames: list[bytes], batch: int) -> tuple:
         client.on_messages(frames[i:i + batch])
     return (run.received, run.duplicates, run.out_of_order, run.late, run.live_received,
             run.result.delivery.count, run.result.echo.count)
-
-
-def stream() -> list[bytes]:
-    """Four senders in order, with warm-up traffic, a gap filled later, a repeat and a presence frame."""
-    frames = [frame(s, m, 900 + m * 10) for m in range(60) for s in range(4)]  # sched 900..1490
-    frames.remove(frame(2, 30, 1200))
-    frames.insert(200, frame(2, 30, 1200))  # arrives after later ones: out of order
-    frames.insert(150, frame(3, 5, 950))  # a repeat of a warm-up message: not counted
-    frames.insert(230, frame(0, 40, 1300))  # a repeat in the window (after the original): duplicate
-    frames.insert(10, b'{"type":"presence","room":"r","event":"join","name":"x","count":4}')
-    return frames
 
 
 @pytest.mark.parametrize("batch", [1, 7, 64, 1000])
