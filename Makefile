@@ -27,6 +27,8 @@ cluster-down: $(STAMP)
 
 # The C extensions are built by the editable install: a change to them reinstalls.
 $(STAMP): pyproject.toml $(wildcard services/*/*.c)
+	@command -v cc >/dev/null || { [ "$$(id -u)" = 0 ] && (apt-get update -q && $(APT) gcc libc6-dev) >/dev/null; } \
+	  || echo "no C compiler: the load generator falls back to its slower pure-Python path"
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip "setuptools>=74.1"
 	$(BIN)/pip install -q -e '.[test]'

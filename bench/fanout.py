@@ -33,6 +33,7 @@ import numpy as np
 import orjson
 import uvloop
 
+from scalechat.loadgen.worker import Timer
 from scalechat.loadgen.wsclient import connect
 
 HERE = Path(__file__).resolve().parent
@@ -108,6 +109,42 @@ def start_server(kind: str) -> tuple[subprocess.Popen, int]:
             time.sleep(0.05)
 
 
+class Sleeper:
+    """``sleep_until`` with ns precision and no spinning.
+
+    uvloop turns sleeps under 0.5 ms into 0, so a sender whose sends are ~0.2 ms
+    apart spins its core; a timerfd (scalechat.loadgen's C timer) sleeps
+    exactly. Falls back to asyncio.sleep without the C extension.
+    """
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.timer = Timer() if Timer is not None else None
+        self.waiter: asyncio.Future | None = None
+        if self.timer is not None:
+            self.loop.add_reader(self.timer.fileno(), self._fire)
+
+    def _fire(self) -> None:
+        self.timer.read()
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    async def until(self, when: float) -> None:
+        """Sleep until ``when`` on the time.perf_counter() clock (CLOCK_MONOTONIC on Linux)."""
+        delay = when - time.perf_counter()
+        if self.timer is None or delay <= 0:
+            await asyncio.sleep(max(0.0, delay))
+            return
+        self.waiter = self.loop.create_future()
+        self.timer.set(time.monotonic_ns() + int(delay * 1e9))
+        await self.waiter
+
+    def close(self) -> None:
+        if self.timer is not None:
+            self.loop.remove_reader(self.timer.fileno())
+            self.timer.close()
+
+
 class Generator:
     """Open-loop senders: each client sends at its own constant rate with a random phase."""
 
@@ -159,6 +196,7 @@ class Generator:
         end = start + seconds
         sent0, delivered0 = self.sent, self.delivered
         self.measuring = True
+        sleeper = Sleeper()
         while True:
             now = time.perf_counter()
             if now >= end:
@@ -169,7 +207,8 @@ class Generator:
                 self.clients[i].send_text(orjson.dumps({"type": "message", "text": text}))
                 self.sent += 1
                 heapq.heapreplace(due, (when + period, i))
-            await asyncio.sleep(max(0.0, due[0][0] - time.perf_counter()))
+            await sleeper.until(due[0][0])
+        sleeper.close()
         await asyncio.sleep(0.5)  # drain
         self.measuring = False
         return self.sent - sent0, self.delivered - delivered0
