@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from aiohttp import web
 
 REPO = Path(__file__).resolve().parent.parent
 SCALECHAT = [sys.executable, "-m", "scalechat.cli"]
@@ -102,3 +106,17 @@ def healthy(url: str) -> bool:
         return False
 
 
+@contextlib.asynccontextmanager
+async def aiohttp_ws_server(handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+                            path: str = "/ws") -> AsyncIterator[str]:
+    """Serve ``handler`` at ``path`` on 127.0.0.1 in this process; yields the ws:// URL."""
+    app = web.Application()
+    app.router.add_get(path, handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"ws://127.0.0.1:{runner.addresses[0][1]}{path}"
+    finally:
+        await runner.cleanup()

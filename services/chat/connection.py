@@ -89,8 +89,19 @@ class Connection:
         if not self.transport.is_closing():
             self.transport.write(data)
 
+    async def drain(self) -> None:
+        """Write every frame queued so far, then take no more (``push`` drops them).
+
+        Uncompressed, that is one write now; with deflate it waits for the
+        compressor to get through the queue.
+        """
+        self.flush()
+        self.dead = True
+        if self._deflater is not None and not self._deflater.done():
+            await self._deflater
+
     async def _write_deflated(self) -> None:
-        while self._pending and not self.dead:
+        while self._pending:  # _condemn empties it; once dead, push adds nothing
             frame = self._pending.pop(0)
             self._pending_bytes -= len(frame)
             header = 2 if frame[1] < 126 else 4 if frame[1] == 126 else 10

@@ -141,10 +141,13 @@ class Node:
     async def close_connection(self, conn: Connection, code: CloseCode, reason: str,
                                timeout: float = 5.0) -> None:
         """Send what is queued, then a close frame; abort if the peer does not finish in ``timeout``."""
-        conn.flush()
-        conn.dead = True
+
+        async def close() -> None:
+            await conn.drain()
+            await conn.ws.close(code=code, message=reason.encode())
+
         try:
-            await asyncio.wait_for(conn.ws.close(code=code, message=reason.encode()), timeout)
+            await asyncio.wait_for(close(), timeout)
         except (asyncio.TimeoutError, ConnectionError, RuntimeError):
             pass
         finally:

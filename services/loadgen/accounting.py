@@ -20,7 +20,7 @@ message that arrives after a later one of the same sender counts as
 out-of-order (and received). Up to :data:`MISSING_LIMIT` skipped numbers per
 sender are remembered; a message reordered further back than that counts as a
 duplicate. The C path, the numpy path and the per-message path count identically
-(tests/loadgen/test_accounting.py and test_worker.py feed them the same streams).
+(tests/loadgen/test_fastscan.py and test_worker.py feed them the same streams).
 """
 
 from __future__ import annotations

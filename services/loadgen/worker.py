@@ -259,12 +259,16 @@ class StageRun:
         timer = Timer()
 
         def fire() -> None:
-            timer.read()
-            self._send_due(heap)
-            if heap:
-                timer.set(heap[0][0])  # a time already past (a catch-up burst) fires at once
-            elif not finished.done():
-                finished.set_result(None)
+            try:
+                timer.read()
+                self._send_due(heap)
+                if heap:
+                    timer.set(heap[0][0])  # a time already past (a catch-up burst) fires at once
+                elif not finished.done():
+                    finished.set_result(None)
+            except Exception as exc:  # ends the loop as an exception in the old sleep loop did
+                if not finished.done():
+                    finished.set_exception(exc)
 
         loop.add_reader(timer.fileno(), fire)
         try:

@@ -22,7 +22,7 @@ import time
 import jwt
 import pytest
 
-from support import free_port
+from support import aiohttp_ws_server, free_port
 from aiohttp import web
 
 from scalechat.chat.client import format_message, format_presence, room_url
@@ -281,16 +281,9 @@ async def recording_server():
         state["close_codes"].append(ws.close_code)
         return ws
 
-    app = web.Application()
-    app.router.add_get("/ws/{room}", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    state["url"] = f"ws://127.0.0.1:{port}/ws/r"
-    yield state
-    await runner.cleanup()
+    async with aiohttp_ws_server(handler, "/ws/r") as url:
+        state["url"] = url
+        yield state
 
 
 async def run_client(url: str, *args: str, stdin: bytes) -> tuple[int, bytes, bytes]:

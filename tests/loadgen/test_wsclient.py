@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 import uvloop
 from aiohttp import WSMsgType, web
+from support import aiohttp_ws_server
 
 from scalechat.loadgen.wsclient import (
     CloseCode,
@@ -81,21 +82,6 @@ async def read_client_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     key = await reader.readexactly(4)
     payload = await reader.readexactly(length)
     return head[0], bytes(b ^ key[i % 4] for i, b in enumerate(payload))
-
-
-@contextlib.asynccontextmanager
-async def aiohttp_ws_server(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> AsyncIterator[str]:
-    """Serve ``handler`` at /ws on 127.0.0.1; yields the ws:// URL."""
-    app = web.Application()
-    app.router.add_get("/ws", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"ws://127.0.0.1:{runner.addresses[0][1]}/ws"
-    finally:
-        await runner.cleanup()
 
 
 Scenario = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
