@@ -16,6 +16,7 @@ from scalechat.loadgen import accounting
 from scalechat.loadgen.accounting import ReceiptTally, Scanner, Tally
 from scalechat.loadgen.wsclient import WSClient
 from loadgen_streams import frame, make_run, stream
+from ws_frames import server_frame
 from scalechat.loadgen.worker import NEVER
 
 
@@ -27,12 +28,8 @@ def test_the_c_receive_path_is_built():
 
 
 def wire(payload: bytes, b0: int = 0x81) -> bytes:
-    n = len(payload)
-    if n < 126:
-        return bytes([b0, n]) + payload
-    if n < 65536:
-        return bytes([b0, 126]) + n.to_bytes(2, "big") + payload
-    return bytes([b0, 127]) + n.to_bytes(8, "big") + payload
+    """A server frame whose first byte is ``b0`` (FIN bit and opcode)."""
+    return server_frame(b0 & 0x0F, payload, fin=bool(b0 & 0x80))
 
 
 class _Transport:

@@ -19,18 +19,16 @@ import pytest
 import uvloop
 from aiohttp import WSMsgType, web
 from support import aiohttp_ws_server
+from ws_frames import DATA_AND_PING, FRAGMENTED_MESSAGES, server_frame
 
 from scalechat.loadgen.wsclient import (
     CloseCode,
     CloseInfo,
     ConnectionClosed,
-    FrameParser,
     HandshakeError,
     Opcode,
     ProtocolError,
     connect,
-    encode_frame,
-    xor_mask,
 )
 
 pytestmark = pytest.mark.timeout(20)
@@ -38,36 +36,6 @@ WAIT = 5.0  # upper bound for any single wait in these tests
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def server_frame(opcode: int, payload: bytes, *, fin: bool = True, rsv: int = 0, mask: bytes | None = None) -> bytes:
-    """A server-to-client frame, unmasked unless ``mask`` is given."""
-    b0 = (0x80 if fin else 0) | rsv | opcode
-    n = len(payload)
-    mask_bit = 0x80 if mask else 0
-    if n < 126:
-        head = bytes([b0, mask_bit | n])
-    elif n < 65536:
-        head = bytes([b0, mask_bit | 126]) + struct.pack("!H", n)
-    else:
-        head = bytes([b0, mask_bit | 127]) + struct.pack("!Q", n)
-    if mask:
-        payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        head += mask
-    return head + payload
-
-
-def unmask_client_frame(frame: bytes) -> tuple[int, bool, bytes]:
-    """(first byte, mask bit set, unmasked payload) of one complete client frame."""
-    length = frame[1] & 0x7F
-    pos = 2
-    if length == 126:
-        length, pos = struct.unpack("!H", frame[2:4])[0], 4
-    elif length == 127:
-        length, pos = struct.unpack("!Q", frame[2:10])[0], 10
-    key, payload = frame[pos : pos + 4], frame[pos + 4 :]
-    assert len(payload) == length
-    return frame[0], bool(frame[1] & 0x80), bytes(b ^ key[i % 4] for i, b in enumerate(payload))
 
 
 async def read_client_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
@@ -135,116 +103,6 @@ async def raw_ws_server(scenario: Scenario) -> AsyncIterator[str]:
 
     async with tcp_server(handshake_then_scenario) as port:
         yield f"ws://127.0.0.1:{port}/"
-
-
-# --------------------------------------------------------------------------- parser (no I/O)
-
-DATA_AND_PING = b"".join(
-    [
-        server_frame(Opcode.TEXT, b"hello"),
-        server_frame(Opcode.TEXT, b"frag", fin=False),
-        server_frame(Opcode.PING, b"p"),  # control frames may interleave (section 5.4)
-        server_frame(Opcode.CONTINUATION, b"men", fin=False),
-        server_frame(Opcode.CONTINUATION, b"ted", fin=True),
-        server_frame(Opcode.BINARY, bytes(range(256)) * 2),  # 16-bit length
-        server_frame(Opcode.TEXT, b""),
-    ]
-)
-FRAGMENTED_STREAM = (
-    DATA_AND_PING
-    + server_frame(Opcode.CLOSE, struct.pack("!H", 1013) + b"slow consumer")
-    + server_frame(Opcode.TEXT, b"after close: ignored")
-)
-FRAGMENTED_MESSAGES = [b"hello", b"fragmented", bytes(range(256)) * 2, b""]
-
-
-def feed_all(parser: FrameParser, chunks: list[bytes]) -> list[bytes]:
-    return [message for chunk in chunks for message in parser.feed(chunk)]
-
-
-def test_parser_gives_each_message_once_in_order_whatever_the_split() -> None:
-    stream = FRAGMENTED_STREAM
-    splits = [[stream[:i], stream[i:]] for i in range(len(stream) + 1)]
-    splits.append([stream[i : i + 1] for i in range(len(stream))])
-    splits.append([stream[i : i + 3] for i in range(0, len(stream), 3)])
-    for chunks in splits:
-        parser = FrameParser()
-        assert feed_all(parser, chunks) == FRAGMENTED_MESSAGES
-        assert parser.control == [(Opcode.PING, b"p")]
-        assert parser.close == CloseInfo(1013, "slow consumer")
-        assert parser.error is None
-
-
-@pytest.mark.parametrize("size", [65535, 65536, 200_000])
-def test_parser_handles_16_and_64_bit_lengths_fed_byte_by_byte(size: int) -> None:
-    payload = bytes(i % 251 for i in range(size))
-    stream = server_frame(Opcode.TEXT, payload) + server_frame(Opcode.TEXT, b"next")
-    parser = FrameParser()
-    assert feed_all(parser, [stream[i : i + 1] for i in range(len(stream))]) == [payload, b"next"]
-    parser = FrameParser()
-    assert feed_all(parser, [stream[:5], stream[5:1000], stream[1000:]]) == [payload, b"next"]
-
-
-@pytest.mark.parametrize(
-    ("stream", "code"),
-    [
-        (server_frame(Opcode.TEXT, b"x", mask=b"abcd"), CloseCode.PROTOCOL_ERROR),
-        (server_frame(Opcode.TEXT, b"x", rsv=0x40), CloseCode.PROTOCOL_ERROR),
-        (server_frame(Opcode.CONTINUATION, b"x"), CloseCode.PROTOCOL_ERROR),
-        (server_frame(Opcode.PING, b"x", fin=False), CloseCode.PROTOCOL_ERROR),
-        (server_frame(Opcode.PING, b"x" * 126), CloseCode.PROTOCOL_ERROR),
-        (server_frame(0x3, b"x"), CloseCode.PROTOCOL_ERROR),
-        (server_frame(0xB, b"x"), CloseCode.PROTOCOL_ERROR),
-        (server_frame(Opcode.TEXT, b"a", fin=False) + server_frame(Opcode.TEXT, b"b"), CloseCode.PROTOCOL_ERROR),
-        (server_frame(Opcode.CLOSE, b"\x03"), CloseCode.PROTOCOL_ERROR),
-        (server_frame(Opcode.CLOSE, struct.pack("!H", 1005)), CloseCode.PROTOCOL_ERROR),
-        (server_frame(Opcode.CLOSE, struct.pack("!H", 999)), CloseCode.PROTOCOL_ERROR),
-        (server_frame(Opcode.CLOSE, struct.pack("!H", 1000) + b"\xff"), CloseCode.INVALID_DATA),
-        (server_frame(Opcode.TEXT, b"x" * 1001), CloseCode.MESSAGE_TOO_BIG),
-        (server_frame(Opcode.TEXT, b"x" * 70_000), CloseCode.MESSAGE_TOO_BIG),
-        (
-            server_frame(Opcode.TEXT, b"x" * 600, fin=False) + server_frame(Opcode.CONTINUATION, b"x" * 600),
-            CloseCode.MESSAGE_TOO_BIG,
-        ),
-    ],
-)
-def test_parser_reports_violations_with_their_close_code(stream: bytes, code: int) -> None:
-    parser = FrameParser(max_message_size=1000)
-    good = server_frame(Opcode.TEXT, b"before")
-    assert parser.feed(good + stream) == [b"before"]  # what came first still counts
-    assert parser.error is not None and parser.error.code == code
-    assert parser.feed(server_frame(Opcode.TEXT, b"after")) == []
-
-
-def test_parser_rejects_an_oversized_frame_from_its_header_alone() -> None:
-    parser = FrameParser(max_message_size=1000)
-    assert parser.feed(server_frame(Opcode.TEXT, b"x" * 5000)[:4]) == []
-    assert parser.error is not None and parser.error.code == CloseCode.MESSAGE_TOO_BIG
-
-
-def test_close_frame_without_payload_means_no_status() -> None:
-    parser = FrameParser()
-    parser.feed(server_frame(Opcode.CLOSE, b""))
-    assert parser.close == CloseInfo(CloseCode.NO_STATUS, "")
-
-
-@pytest.mark.parametrize("size", [0, 1, 3, 4, 5, 125, 126, 65535, 65536])
-def test_encode_frame_masks_with_a_fresh_key(size: int) -> None:
-    payload = bytes(i % 256 for i in range(size))
-    frame = encode_frame(Opcode.TEXT, payload)
-    b0, masked, unmasked = unmask_client_frame(frame)
-    assert (b0, masked, unmasked) == (0x81, True, payload)
-    keys = {encode_frame(Opcode.TEXT, b"x")[2:6] for _ in range(20)}
-    assert len(keys) > 1
-
-
-@pytest.mark.parametrize("size", [0, 1, 3, 4, 5, 150, 4097])
-def test_pure_python_mask_matches_the_rfc_definition(size: int) -> None:
-    key = b"\x9a\x01\xff\x37"
-    payload = bytes((i * 7) % 256 for i in range(size))
-    expected = bytes(b ^ key[i % 4] for i, b in enumerate(payload))  # section 5.3
-    assert xor_mask(key, payload) == expected
-    assert xor_mask(key, expected) == payload
 
 
 # --------------------------------------------------------------------------- against aiohttp
