@@ -268,16 +268,30 @@ def table(rows: list[Measurement]) -> str:
     return "\n".join(lines)
 
 
-async def main_async(args: argparse.Namespace) -> list[Measurement]:
-    rows = []
-    for scenario in args.scenarios:
-        rooms, per_room, fixed = SCENARIOS[scenario]
-        for load, label in ((fixed, scenario), (fixed * args.saturation_factor, f"{scenario}*")):
-            for kind in args.servers:
-                m = await measure(kind, label, rooms, per_room, load, args.seconds)
-                print(table([m]).splitlines()[-1], flush=True)
-                rows.append(m)
-    return rows
+async def main_async(args: argparse.Namespace) -> list[list[Measurement]]:
+    """``args.repeat`` rounds; in each, every scenario and load, the servers one after the other."""
+    rounds = []
+    for _ in range(args.repeat):
+        rows = []
+        for scenario in args.scenarios:
+            rooms, per_room, fixed = SCENARIOS[scenario]
+            loads = [(fixed, scenario)]
+            if args.saturation_factor > 0:
+                loads.append((fixed * args.saturation_factor, f"{scenario}*"))
+            for load, label in loads:
+                for kind in args.servers:
+                    m = await measure(kind, label, rooms, per_room, load, args.seconds)
+                    print(table([m]).splitlines()[-1], flush=True)
+                    rows.append(m)
+        rounds.append(rows)
+    return rounds
+
+
+def spread(values: list[float]) -> str:
+    """``median (min-max)`` of ratios, or the one value."""
+    if len(values) == 1:
+        return f"{values[0]:.2f}x"
+    return f"{float(np.median(values)):.2f}x ({min(values):.2f}-{max(values):.2f}x)"
 
 
 def main() -> None:
@@ -285,7 +299,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0, help="measurement window per run")
     parser.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=list(SCENARIOS))
     parser.add_argument("--saturation-factor", type=float, default=4.0,
-                        help="saturation runs offer this multiple of the fixed load (rows marked *)")
+                        help="saturation runs offer this multiple of the fixed load (rows marked *); 0 skips them")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="rounds of every run; ratios are then given as median (min-max) over rounds")
     parser.add_argument("--servers", nargs="+", default=["naive", "scalechat"], choices=["naive", "scalechat"])
     parser.add_argument("--json", type=Path, default=Path("build/bench/fanout.json"))
     parser.add_argument("--scalechat-flag", action="append", default=[], metavar="FLAG",
@@ -295,20 +311,30 @@ def main() -> None:
     if len(os.sched_getaffinity(0)) < 2:
         raise SystemExit("bench/fanout.py needs 2 cores: server on core 0, generator on core 1")
     os.sched_setaffinity(0, {GENERATOR_CORE})
+    if args.repeat < 1:
+        raise SystemExit("--repeat must be >= 1")
     print(table([]))
-    rows = uvloop.run(main_async(args))
-    print("\n" + table(rows))
-    by = {(m.scenario, m.server): m for m in rows}
+    rounds = uvloop.run(main_async(args))
+    print("\n" + table([m for rows in rounds for m in rows]))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps([asdict(m) for rows in rounds for m in rows], indent=2))
     if len(args.servers) < 2:
         return
-    print("\nscalechat / naive (same run):")
+    print(f"\nscalechat / naive (each ratio within one round; {args.repeat} round(s)):")
     for scenario in args.scenarios:
-        fixed, sat = by[(scenario, "scalechat")], by[(scenario, "naive")]
-        print(f"  {scenario}: CPU per delivery {fixed.cpu_us_per_delivery / sat.cpu_us_per_delivery:.2f}x, "
-              f"p99 {fixed.echo_p99_ms:.1f} vs {sat.echo_p99_ms:.1f} ms; saturation deliveries/s "
-              f"{by[(scenario + '*', 'scalechat')].delivered_per_s / by[(scenario + '*', 'naive')].delivered_per_s:.2f}x")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps([asdict(m) for m in rows], indent=2))
+        cpu, p99s, sat = [], [], []
+        for rows in rounds:
+            by = {(m.scenario, m.server): m for m in rows}
+            ours, naive = by[(scenario, "scalechat")], by[(scenario, "naive")]
+            cpu.append(ours.cpu_us_per_delivery / naive.cpu_us_per_delivery)
+            p99s.append(f"{ours.echo_p99_ms:.1f} vs {naive.echo_p99_ms:.1f}")
+            if (scenario + "*", "scalechat") in by:
+                sat.append(by[(scenario + "*", "scalechat")].delivered_per_s
+                           / by[(scenario + "*", "naive")].delivered_per_s)
+        line = f"  {scenario}: CPU per delivery {spread(cpu)}; p99 ms {', '.join(p99s)}"
+        if sat:
+            line += f"; saturation deliveries/s {spread(sat)}"
+        print(line)
 
 
 if __name__ == "__main__":

@@ -424,7 +424,10 @@ static PyTypeObject ScannerType = {
 /* ------------------------------------------------------------------ module */
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_fastscan", "The load generator's receive hot path (see _fastscan.c).", -1, NULL,
+    PyModuleDef_HEAD_INIT,
+    .m_name = "_fastscan",
+    .m_doc = "The load generator's receive hot path (see _fastscan.c).",
+    .m_size = -1,
 };
 
 PyMODINIT_FUNC

@@ -42,6 +42,8 @@ Timer_init(Timer *self, PyObject *args, PyObject *kwds)
 static PyObject *
 Timer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
+    (void)args;
+    (void)kwds;
     Timer *self = (Timer *)type->tp_alloc(type, 0);
     if (self != NULL)
         self->fd = -1;
@@ -137,7 +139,10 @@ static PyTypeObject TimerType = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_timer", "A nanosecond timerfd for event loops (see _timer.c).", -1, NULL,
+    PyModuleDef_HEAD_INIT,
+    .m_name = "_timer",
+    .m_doc = "A nanosecond timerfd for event loops (see _timer.c).",
+    .m_size = -1,
 };
 
 PyMODINIT_FUNC
