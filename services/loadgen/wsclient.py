@@ -46,6 +46,7 @@ import base64
 import os
 from collections.abc import Callable, Mapping
 
+from scalechat.loadgen import wsprotocol
 from scalechat.loadgen.wsprotocol import (
     DEFAULT_MAX_MESSAGE_SIZE,
     MAX_HEAD_SIZE,
@@ -56,7 +57,7 @@ from scalechat.loadgen.wsprotocol import (
     HandshakeError,
     Opcode,
     ProtocolError,
-    WSClientError,
+    WSClientError,  # noqa: F401  (re-exported)
     _dechunk,
     _valid_close_code,
     build_request,
@@ -65,23 +66,11 @@ from scalechat.loadgen.wsprotocol import (
     encode_frame,
     parse_response_head,
     parse_ws_url,
-    xor_mask,
+    xor_mask,  # noqa: F401  (re-exported)
 )
 
-__all__ = [  # the wire-level names are re-exported: callers need one import
-    "CloseCode",
-    "CloseInfo",
-    "ConnectionClosed",
-    "FrameParser",
-    "HandshakeError",
-    "Opcode",
-    "ProtocolError",
-    "WSClient",
-    "WSClientError",
-    "connect",
-    "encode_frame",
-    "xor_mask",
-]
+# The wire-level names are re-exported: callers need one import.
+__all__ = [*wsprotocol.__all__, "WSClient", "connect"]
 
 
 # --------------------------------------------------------------------------- asyncio shell
