@@ -17,7 +17,7 @@ Cluster hash tag: a room's keys share one slot, so one script may touch them all
     P:room:{R}:epoch    string  random hex, new whenever the room's data is (re)created
     P:room:{R}:seq      string  last seq given out
     P:room:{R}:stream   stream  last history_size messages; entry id ``<seq>-0``, field ``payload``
-    P:room:{R}:members  string  member count over all replicas (absent when 0)
+    P:room:{R}:members  hash    per replica: ``<count>:<lease deadline ms>`` (absent when empty)
     P:room:{R}          channel ``m<seq> <epoch> <payload>`` (message), ``p<payload>`` (presence)
     P:pubsub:<node>     client name of each replica's pub/sub connection (CLIENT LIST)
 
@@ -29,8 +29,13 @@ marking one head entry deleted per XADD.
 Every key expires after ``room_idle_seconds`` (at least 1 s) without activity:
 publish and join renew it, and each replica renews the rooms it has members in.
 Expired or lost data starts a new epoch at seq 1, so a stale ``since`` is
-reported as lost continuity. The member count is a plain counter: a replica
-killed without its leaves (SIGKILL) inflates it until the room goes idle.
+reported as lost continuity.
+
+A room's member count is the sum of each replica's own count, each held on a
+lease (``PRESENCE_LEASE``, Redis' clock) that the replica renews every
+``PRESENCE_RENEW`` with its current count. A replica killed without its leaves
+(SIGKILL) stops renewing, so its members drop out of the count within the
+lease; after Redis loses its data the counts are back within one renewal.
 """
 
 from __future__ import annotations
@@ -61,6 +66,8 @@ OP_DEADLINE = 2.0  # upper bound of one broker call; no retries inside it
 HEARTBEAT = 1.0  # an idle pub/sub connection is PINGed; no answer one HEARTBEAT later: dead
 BACKOFF_MIN, BACKOFF_MAX = 0.1, 5.0  # reconnect delay doubles from min to max, with jitter
 MIN_TTL_MS = 1000
+PRESENCE_LEASE = 15.0  # seconds a replica's member count stays counted without renewal
+PRESENCE_RENEW = 5.0  # seconds between renewals (at most; shorter for short room expiries)
 REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 
 # Shared head of the scripts that create data: a room without an epoch or a seq
@@ -122,12 +129,30 @@ if after >= last then return {epoch, last, {}} end
 return {epoch, last, redis.call('XRANGE', KEYS[3], (after + 1) .. '-0', '+')}
 """
 
-# Member count with a floor at 0; the key disappears at 0.
+# Sets this replica's member count (ARGV[1], field ARGV[3]) on a lease of ARGV[4] ms and
+# returns the sum over the replicas whose lease holds; expired leases are removed.
+# ARGV[2]: the room's expiry (ms). The hash disappears when empty.
 _PRESENCE = """
-local n = redis.call('INCRBY', KEYS[1], ARGV[1])
-if n <= 0 then redis.call('DEL', KEYS[1]); return 0 end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return n
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local mine = tonumber(ARGV[1])
+if mine > 0 then
+  redis.call('HSET', KEYS[1], ARGV[3], mine .. ':' .. (now + tonumber(ARGV[4])))
+else
+  redis.call('HDEL', KEYS[1], ARGV[3])
+end
+local total = 0
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local n, deadline = string.match(all[i + 1], '^(%d+):(%d+)$')
+  if n and tonumber(deadline) >= now then
+    total = total + tonumber(n)
+  else
+    redis.call('HDEL', KEYS[1], all[i])
+  end
+end
+if total > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return total
 """
 
 
@@ -204,6 +229,8 @@ class RedisBroker:
         self._catch_up_script = self._redis.register_script(_CATCH_UP)
         self._presence = self._redis.register_script(_PRESENCE)
         self._subs: dict[str, _Subscription] = {}
+        self._members: dict[str, int] = {}  # this replica's member count per room (> 0 only)
+        self._lease_ms = int(PRESENCE_LEASE * 1000)
         self._by_channel: dict[bytes, _Subscription] = {}
         self._conn: AbstractConnection | None = None  # the pub/sub connection while it is up
         self._tasks: list[asyncio.Task] = []
@@ -294,9 +321,15 @@ class RedisBroker:
                          RoomKeys.of(self._prefix, room).channel, b"p" + payload)
 
     async def presence(self, room: str, delta: int) -> int:
+        """Add ``delta`` to this replica's count (floor 0); return the room's count over live replicas."""
+        mine = max(0, self._members.get(room, 0) + delta)
+        if mine:
+            self._members[room] = mine
+        else:
+            self._members.pop(room, None)
         keys = RoomKeys.of(self._prefix, room)
         return int(await self._call("presence", self._presence, keys=[keys.members],
-                                    args=[delta, self._ttl_ms]))
+                                    args=[mine, self._ttl_ms, self._settings.node_name, self._lease_ms]))
 
     async def history(self, room: str, since: int | None, epoch: str | None,
                       limit: int) -> History:
@@ -485,17 +518,21 @@ class RedisBroker:
             log.exception("delivery callback failed")
 
     async def _keep_rooms_alive(self) -> None:
-        """Renew the expiry of the rooms this replica has members in."""
-        interval = min(max(self._ttl_ms / 4000, 0.25), 60.0)
+        """Renew the expiry of the rooms this replica has members in, and its presence leases."""
+        interval = min(max(self._ttl_ms / 4000, 0.25), 60.0, PRESENCE_RENEW, self._lease_ms / 3000)
+        node = self._settings.node_name
         while True:
             await asyncio.sleep(interval)
             subs = list(self._subs.values())
-            if not subs or self._conn is None:
+            if (not subs and not self._members) or self._conn is None:
                 continue
             pipe = self._redis.pipeline(transaction=False)
             for sub in subs:
                 for key in sub.keys.stored:
                     pipe.pexpire(key, self._ttl_ms)
+            for room, mine in list(self._members.items()):
+                await self._presence(keys=[RoomKeys.of(self._prefix, room).members],
+                                     args=[mine, self._ttl_ms, node, self._lease_ms], client=pipe)
             try:
                 async with asyncio.timeout(OP_DEADLINE):
                     await pipe.execute()

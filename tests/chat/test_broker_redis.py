@@ -294,6 +294,41 @@ async def test_presence_counts_across_replicas_and_events_are_not_stored(make_br
     assert rec_a.messages == []
 
 
+async def test_a_replica_that_stops_renewing_drops_out_of_the_count(make_broker, prefix, redis):
+    # A replica killed without its leaves (SIGKILL) stops renewing its lease: its members stop
+    # counting once the lease runs out, while a live replica's lease is renewed and holds.
+    live, _ = await make_broker()
+    settings = Settings(broker="redis", redis_url=REDIS_URL, redis_prefix=prefix, node_id="doomed")
+    doomed = RedisBroker(settings)
+    doomed._lease_ms = 800
+    await doomed.start(Recorder().deliver, Recorder().deliver_event)
+    assert await doomed.presence("crash", +1) == 1
+    assert await doomed.presence("crash", +1) == 2
+    for task in doomed._tasks:  # the process dies: no more renewals, no leaves
+        task.cancel()
+    assert await live.presence("crash", +1) == 3
+    await asyncio.sleep(1.2)  # past the doomed lease; the live one (15 s) holds
+    assert await live.presence("crash", 0) == 1
+    assert await redis.hkeys(f"{prefix}:room:{{crash}}:members") == [b"replica-0"]
+    await doomed.close()
+
+
+async def test_counts_come_back_after_redis_loses_them(make_broker, prefix, redis):
+    broker, _ = await make_broker(room_idle_seconds=1)  # renewals every 0.25 s
+    assert await broker.presence("lost", +1) == 1
+    assert await broker.presence("lost", +1) == 2
+    key = f"{prefix}:room:{{lost}}:members"
+    await redis.delete(key)  # as after a Redis restart
+    for _ in range(50):  # the renewal re-asserts this replica's count by itself
+        if await redis.hget(key, "replica-0"):
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError("the count was not re-asserted within 5 s")
+    assert (await redis.hget(key, "replica-0")).startswith(b"2:")
+    assert await broker.presence("lost", 0) == 2
+
+
 async def test_idle_rooms_expire_and_come_back_with_a_new_epoch(make_broker, redis, prefix):
     broker, _ = await make_broker(room_idle_seconds=1)
     await broker.subscribe("kept")
