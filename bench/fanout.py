@@ -300,6 +300,8 @@ def main() -> None:
     parser.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=list(SCENARIOS))
     parser.add_argument("--saturation-factor", type=float, default=4.0,
                         help="saturation runs offer this multiple of the fixed load (rows marked *); 0 skips them")
+    parser.add_argument("--load", action="append", default=[], metavar="SCENARIO=N",
+                        help="fixed load (deliveries/s) for a scenario instead of its default, e.g. 1x100=80000")
     parser.add_argument("--repeat", type=int, default=1,
                         help="rounds of every run; ratios are then given as median (min-max) over rounds")
     parser.add_argument("--servers", nargs="+", default=["naive", "scalechat"], choices=["naive", "scalechat"])
@@ -313,6 +315,12 @@ def main() -> None:
     os.sched_setaffinity(0, {GENERATOR_CORE})
     if args.repeat < 1:
         raise SystemExit("--repeat must be >= 1")
+    for item in args.load:
+        name, _, value = item.partition("=")
+        if name not in SCENARIOS or not value.isdigit() or int(value) <= 0:
+            raise SystemExit(f"--load {item!r}: expected SCENARIO=N with SCENARIO in {sorted(SCENARIOS)}")
+        rooms, per_room, _ = SCENARIOS[name]
+        SCENARIOS[name] = (rooms, per_room, int(value))
     print(table([]))
     rounds = uvloop.run(main_async(args))
     print("\n" + table([m for rows in rounds for m in rows]))
