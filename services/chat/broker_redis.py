@@ -519,17 +519,21 @@ class RedisBroker:
 
     async def _keep_rooms_alive(self) -> None:
         """Renew the expiry of the rooms this replica has members in, and its presence leases."""
-        interval = min(max(self._ttl_ms / 4000, 0.25), 60.0, PRESENCE_RENEW, self._lease_ms / 3000)
-        node = self._settings.node_name
+        expiry_every = min(max(self._ttl_ms / 4000, 0.25), 60.0)
+        lease_every = min(PRESENCE_RENEW, self._lease_ms / 3000)
+        node, loop = self._settings.node_name, asyncio.get_running_loop()
+        next_expiry = loop.time() + expiry_every
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(min(expiry_every, lease_every))
             subs = list(self._subs.values())
             if (not subs and not self._members) or self._conn is None:
                 continue
             pipe = self._redis.pipeline(transaction=False)
-            for sub in subs:
-                for key in sub.keys.stored:
-                    pipe.pexpire(key, self._ttl_ms)
+            if loop.time() >= next_expiry - expiry_every / 10:  # a timer may fire a little early
+                next_expiry = loop.time() + expiry_every
+                for sub in subs:
+                    for key in sub.keys.stored:
+                        pipe.pexpire(key, self._ttl_ms)
             for room, mine in list(self._members.items()):
                 await self._presence(keys=[RoomKeys.of(self._prefix, room).members],
                                      args=[mine, self._ttl_ms, node, self._lease_ms], client=pipe)
