@@ -19,7 +19,8 @@ from scalechat.chat.ratelimit import TokenBucket
 
 class Connection:
     __slots__ = ("ws", "transport", "room", "name", "limit", "bucket", "_pending",
-                 "_pending_bytes", "_held", "dead", "_schedule_flush", "on_overflow", "_deflate", "_deflater")
+                 "_pending_bytes", "_held", "dead", "_schedule_flush", "on_overflow", "_deflate", "_deflater",
+                 "batching", "frames_per_write")
 
     def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport, room: str,
                  name: str, limit: int, bucket: TokenBucket,
@@ -41,6 +42,9 @@ class Connection:
         # by one (a zlib stream per connection): the costly path the default avoids.
         self._deflate = bool(ws.compress)
         self._deflater: asyncio.Task | None = None
+        # Kept by the Hub: the flush tier this socket is in (see hub.py).
+        self.batching = False
+        self.frames_per_write = 1.0
 
     def push(self, frame: bytes, seq: int = 0) -> None:
         """Queue one frame; ``seq`` lets a held connection drop what its history covers."""
@@ -73,21 +77,24 @@ class Connection:
             if seq == 0 or seq > last_seq:
                 self.push(frame)
 
-    def flush(self) -> None:
+    def flush(self) -> int:
+        """Write every queued frame in one write; return how many frames."""
         if self.dead or not self._pending:
-            return
+            return 0
         if self._pending_bytes + self.transport.get_write_buffer_size() > self.limit:
             self._condemn()
-            return
+            return 0
+        frames = len(self._pending)
         if self._deflate:
             if self._deflater is None or self._deflater.done():
                 self._deflater = asyncio.get_running_loop().create_task(self._write_deflated())
-            return
-        data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
+            return frames
+        data = self._pending[0] if frames == 1 else b"".join(self._pending)
         self._pending.clear()
         self._pending_bytes = 0
         if not self.transport.is_closing():
             self.transport.write(data)
+        return frames
 
     async def drain(self) -> None:
         """Write every frame queued so far, then take no more (``push`` drops them).

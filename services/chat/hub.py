@@ -2,11 +2,20 @@
 
 A broadcast is framed once and pushed to every member without awaiting, so
 no member can delay another. Each connection's queued frames go out in one
-write per flush. Flushes are at least ``flush_interval`` apart: a quiet room
-is flushed at the end of the current loop tick, a busy one batches the
-messages of up to ``flush_interval`` seconds into one write per member
-(a write to a socket costs far more than queuing a frame), so latency grows by
-at most ``flush_interval``.
+write per flush (a write to a socket costs far more than queuing a frame),
+and flushes come in two tiers:
+
+* every socket is flushed at least ``flush_interval`` apart: a quiet room at
+  the end of the current loop tick, a busy one batches what arrives within
+  the interval;
+* a socket that averages two or more frames per write (a member of a busy,
+  big room) moves to the *batching* tier, flushed at least
+  ``2 * flush_interval`` apart: twice the frames per write, for a latency
+  that grows by at most ``2 * flush_interval``. It moves back when its
+  average falls below two.
+
+Small rooms thus keep the short window (batching them would add latency and
+save nothing) while big rooms, where writes dominate the CPU, batch more.
 """
 
 from __future__ import annotations
@@ -18,17 +27,29 @@ from collections.abc import Callable
 from scalechat.chat.connection import Connection
 from scalechat.chat.framing import frame_text
 
+BATCHING_FRAMES = 2.0  # average frames per write from which a socket joins the batching tier
+
+
+class _Tier:
+    """Sockets waiting for one kind of flush, and the broadcasts waiting for them."""
+
+    __slots__ = ("interval", "dirty", "received", "scheduled", "last")
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.dirty: list[Connection] = []
+        self.received: list[float] = []  # received_at of broadcasts whose last write is in this tier
+        self.scheduled = False
+        self.last = float("-inf")
+
 
 class Hub:
     def __init__(self, loop: asyncio.AbstractEventLoop,
                  observe: Callable[[list[float], float], None], flush_interval: float = 0.0) -> None:
         self._loop = loop
-        self._flush_interval = flush_interval
-        self._flush_scheduled = False
-        self._last_flush = 0.0
+        self._normal = _Tier(flush_interval)
+        self._batching = _Tier(2 * flush_interval)
         self._rooms: dict[str, set[Connection]] = {}
-        self._dirty: list[Connection] = []
-        self._received: list[float] = []  # received_at of broadcasts not yet flushed
         self._observe = observe
         self.connection_count = 0
 
@@ -66,33 +87,41 @@ class Hub:
         if not members:
             return 0
         frame = frame_text(payload)
+        batching = False
         for conn in members:
             conn.push(frame, seq)
+            batching = batching or conn.batching
         if received_at is not None:
-            self._schedule_flush()
-            self._received.append(received_at)
+            tier = self._batching if batching else self._normal
+            tier.received.append(received_at)
+            self._schedule(tier)
         return len(members)
 
     def schedule_flush(self, conn: Connection) -> None:
-        self._schedule_flush()
-        self._dirty.append(conn)
+        """``conn`` has frames to write (its first since its last write)."""
+        tier = self._batching if conn.batching else self._normal
+        tier.dirty.append(conn)
+        self._schedule(tier)
 
-    def _schedule_flush(self) -> None:
-        if self._flush_scheduled:
+    def _schedule(self, tier: _Tier) -> None:
+        if tier.scheduled:
             return
-        self._flush_scheduled = True
-        due = self._last_flush + self._flush_interval
+        tier.scheduled = True
+        due = tier.last + tier.interval
         if due <= self._loop.time():
-            self._loop.call_soon(self._flush)
+            self._loop.call_soon(self._flush, tier)
         else:
-            self._loop.call_at(due, self._flush)
+            self._loop.call_at(due, self._flush, tier)
 
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        self._last_flush = self._loop.time()
-        dirty, self._dirty = self._dirty, []
+    def _flush(self, tier: _Tier) -> None:
+        tier.scheduled = False
+        tier.last = self._loop.time()
+        dirty, tier.dirty = tier.dirty, []
         for conn in dirty:
-            conn.flush()
-        if self._received:
-            received, self._received = self._received, []
+            frames = conn.flush()
+            if frames:  # a moving average of frames per write decides the tier of the next one
+                conn.frames_per_write += 0.25 * (frames - conn.frames_per_write)
+                conn.batching = conn.frames_per_write >= BATCHING_FRAMES
+        if tier.received:
+            received, tier.received = tier.received, []
             self._observe(received, time.perf_counter())
