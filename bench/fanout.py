@@ -8,9 +8,13 @@ For each scenario (rooms x clients, 100-byte messages) and each server:
   * at saturation (an offered load far above what either holds): delivered/s.
 
 The server runs pinned to core 0, the generator (this process) to core 1.
-Everything talks to 127.0.0.1 and stops by itself.
+Everything talks to 127.0.0.1 and stops by itself. This machine is noisy: with
+``--repeat N`` each ratio is taken within one round and reported as the median
+(min-max) over the rounds.
 
     .venv/bin/python bench/fanout.py [--seconds 8] [--json build/bench/fanout.json]
+    .venv/bin/python bench/fanout.py --repeat 3 --saturation-factor 0      # the fixed loads, 3 rounds
+    .venv/bin/python bench/fanout.py --scenarios 1x100 --load 1x100=80000  # a higher fixed load
 """
 
 from __future__ import annotations
