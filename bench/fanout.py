@@ -77,6 +77,18 @@ def cpu_seconds(pid: int) -> float:
     return sum(cpu_split(pid))
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (nginx: master and workers; a CLI and its workers)."""
+    pids = [pid]
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                pids += process_tree(int(child))
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return pids
+
+
 def write_syscalls(pid: int) -> int:
     """write/writev/send calls made by ``pid`` so far (``syscw`` in /proc/<pid>/io).
 

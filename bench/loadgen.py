@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import multiprocessing
@@ -45,7 +46,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fanout import cpu_seconds, free_port, write_syscalls  # noqa: E402  (a sibling script, not a package)
+from fanout import cpu_seconds, free_port, process_tree, write_syscalls  # noqa: E402  (a sibling script, not a package)
 
 SERVER_CPU, GENERATOR_CPU = 0, 1
 WARMUP = 0.5
@@ -338,15 +339,10 @@ def push_capacity(k: int, room_size: int, rate: float, secs: float,
 
 def tree_cpu_seconds(pid: int) -> float:
     """CPU seconds of ``pid`` and its descendants alive now (the load CLI and its worker)."""
-    total, todo = 0.0, [pid]
-    while todo:
-        p = todo.pop()
-        try:
+    total = 0.0
+    for p in process_tree(pid):
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
             total += cpu_seconds(p)
-            for task in Path(f"/proc/{p}/task").iterdir():
-                todo += [int(c) for c in (task / "children").read_text().split()]
-        except (FileNotFoundError, ProcessLookupError):
-            pass
     return total
 
 

@@ -48,7 +48,7 @@ from redis import Redis
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
-from fanout import Generator, cpu_seconds  # noqa: E402  (a sibling script, not a package)
+from fanout import Generator, cpu_seconds, process_tree  # noqa: E402  (a sibling script, not a package)
 
 from scalechat.cluster import Cluster, redis_server  # noqa: E402
 from scalechat.cluster.state import STATE_FILE  # noqa: E402
@@ -111,18 +111,6 @@ def scrape(url: str) -> dict[str, float]:
 def redis_cpu(client: Redis) -> float:
     info = client.info("cpu")
     return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
-
-
-def process_tree(pid: int) -> list[int]:
-    """``pid`` and its descendants (nginx: master and workers)."""
-    pids = [pid]
-    try:
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            for child in (task / "children").read_text().split():
-                pids += process_tree(int(child))
-    except (FileNotFoundError, ProcessLookupError):
-        pass
-    return pids
 
 
 def pin(pids: list[int], cores: set[int]) -> None:

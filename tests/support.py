@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import signal
 import socket
 import subprocess
@@ -42,10 +43,15 @@ def wait_until(predicate, timeout: float = 10.0, message="condition", *, interva
 
 
 async def eventually(predicate, timeout: float = 10.0, message="condition", *, interval: float = 0.02):
-    """``wait_until`` for async tests: sleeps with asyncio so the loop keeps running."""
+    """``wait_until`` for async tests: sleeps with asyncio so the loop keeps running.
+
+    ``predicate`` may also be a coroutine function (a Redis query, say); its result is awaited.
+    """
     deadline = time.monotonic() + timeout
     while True:
         result = predicate()
+        if inspect.isawaitable(result):
+            result = await result
         if result:
             return result
         if time.monotonic() > deadline:
