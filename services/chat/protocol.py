@@ -145,10 +145,16 @@ def parse_client_frame(text: str, max_text_chars: int) -> SendMessage:
 
 def encode_message(room: str, seq: int, epoch: str, sender: str, text: str, ts_ms: int,
                    cid: str | None) -> bytes:
-    return orjson.dumps({
+    """One ``message`` frame's JSON, in a buffer of its own size (histories keep it).
+
+    orjson returns its working buffer: 4 KiB for a 200-byte message, 64 KiB for
+    a 5 KB one. Kept as is, a room's history of 1,000 messages took 4 MB, not
+    the 0.3 MB its messages hold.
+    """
+    return memoryview(orjson.dumps({
         "type": ServerType.MESSAGE, "room": room, "seq": seq, "id": f"{epoch}-{seq}",
         "from": sender, "text": text, "ts": ts_ms, "cid": cid,
-    })
+    })).tobytes()
 
 
 def encode_history(room: str, epoch: str, last_seq: int, name: str, node: str,

@@ -1,5 +1,6 @@
 """The memory broker's history, resume rules and bounds."""
 
+import tracemalloc
 
 import orjson
 import pytest
@@ -43,6 +44,22 @@ async def test_seq_starts_at_one_without_gaps_and_only_subscribed_rooms_deliver(
     assert [await publish(broker, "a", str(i)) for i in range(3)] == [1, 2, 3]
     assert await publish(broker, "b", "x") == 1
     assert [(r, s) for r, s, _ in broker.delivered] == [("a", 1), ("a", 2), ("a", 3)]
+
+
+async def test_history_memory_is_what_its_messages_hold():
+    """A kept message costs about its size, not orjson's 4 KiB working buffer."""
+    b = MemoryBroker(Settings(history_size=2000))
+    text = "x" * 100
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(2000):
+            await publish(b, "a", text)
+        per_message = (tracemalloc.get_traced_memory()[0] - before) / 2000
+    finally:
+        tracemalloc.stop()
+    size = len((await b.history("a", None, None, 1)).messages[0])
+    assert size < per_message < size + 250, (size, per_message)
 
 
 async def test_history_is_bounded_and_since_resumes_exactly(broker):
