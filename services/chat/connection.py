@@ -1,26 +1,34 @@
 """The outgoing side of one client socket: non-blocking, bounded, coalesced.
 
-``push`` never awaits and never blocks a broadcast. Frames queue in memory and
-are written in one ``transport.write`` per event-loop tick (see Hub). The bytes
-waiting for a connection (queued here plus in the transport) are bounded by
-``limit`` (plus the history frame sent on join): past it the connection is condemned as a slow consumer and its owner
-closes it with 1013.
+Nothing here awaits or blocks a broadcast. Room broadcasts are queued once per
+room (see Hub) and handed to ``write_batch`` at the room's flush, already
+joined: one ``transport.write`` per member per flush, with no per-member work
+per message. Frames for this socket alone (its history, its errors) go through
+``push`` and are written first at the same flush, in the order they were
+queued relative to the room's frames. The bytes waiting for a connection
+(queued plus in the transport) are bounded by ``limit`` (plus the history
+frame sent on join): past it the connection is condemned as a slow consumer
+and its owner closes it with 1013.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from aiohttp import WSMsgType, web
 
 from scalechat.chat.ratelimit import TokenBucket
 
+if TYPE_CHECKING:
+    from scalechat.chat.hub import RoomBatch
+
 
 class Connection:
     __slots__ = ("ws", "transport", "room", "name", "limit", "bucket", "_pending",
                  "_pending_bytes", "_held", "dead", "_schedule_flush", "on_overflow", "_deflate", "_deflater",
-                 "batching", "frame_gap", "last_write")
+                 "batch", "mark")
 
     def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport, room: str,
                  name: str, limit: int, bucket: TokenBucket,
@@ -42,25 +50,69 @@ class Connection:
         # by one (a zlib stream per connection): the costly path the default avoids.
         self._deflate = bool(ws.compress)
         self._deflater: asyncio.Task | None = None
-        # Kept by the Hub (see hub.py): the flush tier, the moving average of the
-        # time between frames, and the perf_counter() of the last write.
-        self.batching = False
-        self.frame_gap = 0.0
-        self.last_write = 0.0
+        # Set by the Hub (see hub.py): the room's queued frames, and how many of
+        # them are not this socket's to write from the batch (queued before it
+        # joined, or already moved into _pending to keep a personal frame's order).
+        self.batch: RoomBatch | None = None
+        self.mark = 0
 
     def push(self, frame: bytes, seq: int = 0) -> None:
-        """Queue one frame; ``seq`` lets a held connection drop what its history covers."""
+        """Queue one frame for this socket alone, after the room frames queued so far.
+
+        ``seq`` lets a held connection drop what its history covers.
+        """
         if self.dead:
             return
         if self._held is not None:
             self._held.append((seq, frame))
             return
+        self._catch_up()
         if not self._pending:
             self._schedule_flush(self)
         self._pending.append(frame)
         self._pending_bytes += len(frame)
         if self._pending_bytes > self.limit:
             self._condemn()
+
+    def _catch_up(self) -> None:
+        """Move the room frames queued since ``mark`` into ``_pending`` (order kept)."""
+        batch = self.batch
+        if batch is None or len(batch.frames) <= self.mark:
+            return
+        frames = batch.frames[self.mark:]
+        self.mark = len(batch.frames)
+        self._pending.extend(frames)
+        self._pending_bytes += sum(map(len, frames))
+
+    def detach(self) -> None:
+        """Leave the room's batch, keeping the frames it queued before we left."""
+        self._catch_up()
+        self.batch, self.mark = None, 0
+
+    def write_batch(self, frames: list[bytes], seqs: list[int], data: bytes) -> int:
+        """At the room's flush: write our own frames, then ``frames`` (``data`` is them joined).
+
+        Returns how many frames were written or handed to the compressor.
+        """
+        mark, self.mark = self.mark, 0
+        if self.dead:
+            return 0
+        if self._held is not None:
+            self._held.extend(zip(seqs[mark:], frames[mark:]))
+            return 0
+        if mark or self._pending or self._deflate:
+            rest = frames[mark:] if mark else frames
+            self._pending.extend(rest)
+            self._pending_bytes += sum(map(len, rest))
+            return self.flush()
+        if not frames:
+            return 0
+        if len(data) + self.transport.get_write_buffer_size() > self.limit:
+            self._condemn()
+            return 0
+        if not self.transport.is_closing():
+            self.transport.write(data)
+        return len(frames)
 
     def hold(self) -> None:
         """Keep live frames aside until the history frame is sent (see release)."""
@@ -73,6 +125,10 @@ class Connection:
         may exceed the send buffer, so the bound grows by its size.
         """
         held, self._held = self._held or [], None
+        if self.batch is not None:  # room frames queued since the last flush
+            frames = self.batch.frames
+            held.extend(zip(self.batch.seqs[self.mark:], frames[self.mark:]))
+            self.mark = len(frames)
         self.limit += len(first)
         self.push(first)
         for seq, frame in held:
@@ -104,6 +160,7 @@ class Connection:
         Uncompressed, that is one write now; with deflate it waits for the
         compressor to get through the queue.
         """
+        self._catch_up()
         self.flush()
         self.dead = True
         if self._deflater is not None and not self._deflater.done():

@@ -1,27 +1,29 @@
 """Which local connections are in which room, and fan-out to them.
 
-A broadcast is framed once and pushed to every member without awaiting, so
-no member can delay another. Each connection's queued frames go out in one
-write per flush (a loopback write costs about 10 µs of kernel time, queuing
-a frame well under one), and each socket is flushed in one of two tiers, by
-how fast frames come to it:
+A broadcast is framed once and queued once, in its room's batch: the cost
+of a message does not grow with the room's size. At the room's flush the
+batch is joined once and written to every member in one ``transport.write``
+each (a loopback write costs about 10 µs of kernel time; queuing a frame well
+under one), so no member can delay another. Each room is flushed in one of
+two tiers, by how fast frames come to it:
 
-* *prompt*: written within ``PROMPT_WINDOW`` (1 ms). A socket that gets
-  fewer than two frames per ``flush_interval`` (a member of a small or quiet
-  room) would save no write by waiting longer. The millisecond lets one
-  flush write the sockets of many messages together: in 100 rooms of 4 it
-  cost 10% less CPU than writing at the end of every loop tick, for a p50
-  of 1.2 ms instead of 0.5 (and 4 ms with a 5 ms window for every socket).
-* *batching*: a socket expected to get two or more frames per
-  ``flush_interval`` (a member of a busy, big room) is written at most once
-  per interval: fewer, larger writes for at most ``flush_interval`` more
-  latency.
+* *prompt*: written within ``PROMPT_WINDOW`` (1 ms). A room that gets fewer
+  than two frames per ``flush_interval`` (a small or quiet room) would save
+  no write by waiting longer. The millisecond lets one flush write the
+  sockets of many messages together: in 100 rooms of 4 it cost 10% less CPU
+  than writing at the end of every loop tick, for a p50 of 1.2 ms instead of
+  0.5 (and 4 ms with a 5 ms window for every socket).
+* *batching*: a room expected to get two or more frames per
+  ``flush_interval`` (a busy room, where writes dominate the CPU once it is
+  big) is written at most once per interval: fewer, larger writes for at
+  most ``flush_interval`` more latency.
 
-The expectation is a moving average of the time between a socket's frames,
-taken at each write. A socket leaves the batching tier when it expects fewer
+The expectation is a moving average of the time between a room's frames,
+taken at each flush. A room leaves the batching tier when it expects fewer
 than one frame per interval; the gap between one and two keeps it from
-flapping. With ``flush_interval`` 0 every socket is written at the end of
-each loop tick.
+flapping. With ``flush_interval`` 0 every room is written at the end of each
+loop tick. A socket's own frames (history, errors) go out at its room's next
+flush.
 """
 
 from __future__ import annotations
@@ -33,19 +35,34 @@ from collections.abc import Callable
 from scalechat.chat.connection import Connection
 from scalechat.chat.framing import frame_text
 
-PROMPT_WINDOW = 0.001  # seconds a prompt socket's frames may wait for others
+PROMPT_WINDOW = 0.001  # seconds a prompt room's frames may wait for others
 GAP_WEIGHT = 0.125  # weight of the newest gap in the moving average (smooths bursty arrivals)
 
 
+class RoomBatch:
+    """One room's local members and the frames broadcast to it since its last flush."""
+
+    __slots__ = ("members", "frames", "seqs", "queued", "batching", "gap", "last_flush")
+
+    def __init__(self, gap: float) -> None:
+        self.members: set[Connection] = set()
+        self.frames: list[bytes] = []
+        self.seqs: list[int] = []  # each frame's seq (0 for events), for members still held
+        self.queued = False  # in a tier's list, waiting for its flush
+        self.batching = False
+        self.gap = gap  # moving average of the seconds between frames
+        self.last_flush = time.perf_counter()
+
+
 class _Tier:
-    """Sockets waiting for one kind of flush, and the broadcasts waiting for them."""
+    """Rooms waiting for one kind of flush, and the broadcasts waiting for them."""
 
     __slots__ = ("interval", "dirty", "received", "scheduled", "last")
 
     def __init__(self, interval: float) -> None:
         self.interval = interval
-        self.dirty: list[Connection] = []
-        self.received: list[float] = []  # received_at of broadcasts whose last write is in this tier
+        self.dirty: list[RoomBatch] = []
+        self.received: list[float] = []  # received_at of broadcasts written at this tier's flush
         self.scheduled = False
         self.last = float("-inf")
 
@@ -57,7 +74,7 @@ class Hub:
         self._interval = flush_interval
         self._prompt = _Tier(min(PROMPT_WINDOW, flush_interval))
         self._batching = _Tier(flush_interval)
-        self._rooms: dict[str, set[Connection]] = {}
+        self._rooms: dict[str, RoomBatch] = {}
         self._observe = observe
         self.connection_count = 0
 
@@ -66,62 +83,73 @@ class Hub:
         return len(self._rooms)
 
     def members(self, room: str) -> int:
-        return len(self._rooms.get(room, ()))
+        batch = self._rooms.get(room)
+        return len(batch.members) if batch else 0
+
+    def batching(self, room: str) -> bool:
+        """Whether ``room`` is in the batching tier."""
+        batch = self._rooms.get(room)
+        return batch is not None and batch.batching
 
     def connections(self) -> list[Connection]:
-        return [c for members in self._rooms.values() for c in members]
+        return [c for batch in self._rooms.values() for c in batch.members]
 
     def add(self, conn: Connection) -> int:
         """Add to its room; return the local member count."""
-        members = self._rooms.setdefault(conn.room, set())
-        members.add(conn)
-        conn.frame_gap = self._interval  # until measured: under two frames per interval, prompt
-        conn.last_write = time.perf_counter()
+        batch = self._rooms.get(conn.room)
+        if batch is None:
+            # until measured: under two frames per interval, prompt
+            batch = self._rooms[conn.room] = RoomBatch(self._interval)
+        batch.members.add(conn)
+        conn.batch, conn.mark = batch, len(batch.frames)  # nothing queued before it joined
         self.connection_count += 1
-        return len(members)
+        return len(batch.members)
 
     def remove(self, conn: Connection) -> int:
-        members = self._rooms.get(conn.room)
-        if members is None or conn not in members:
-            return len(members or ())
-        members.discard(conn)
+        batch = self._rooms.get(conn.room)
+        if batch is None or conn not in batch.members:
+            return len(batch.members) if batch else 0
+        batch.members.discard(conn)
+        conn.detach()
         self.connection_count -= 1
-        if not members:
+        if not batch.members:
             del self._rooms[conn.room]
-        return len(members)
+        return len(batch.members)
 
     def broadcast(self, room: str, payload: bytes, seq: int = 0,
                   received_at: float | None = None) -> int:
         """Frame ``payload`` once and queue it for every member; return how many."""
-        members = self._rooms.get(room)
-        if not members:
+        batch = self._rooms.get(room)
+        if batch is None:
             return 0
-        frame = frame_text(payload)
-        batching = False
-        for conn in members:
-            conn.push(frame, seq)
-            batching = batching or conn.batching
+        batch.frames.append(frame_text(payload))
+        batch.seqs.append(seq)
+        tier = self._queue(batch)
         if received_at is not None:
-            tier = self._batching if batching else self._prompt
             tier.received.append(received_at)
-            self._schedule(tier)
-        return len(members)
+        return len(batch.members)
 
     def schedule_flush(self, conn: Connection) -> None:
-        """``conn`` has frames to write (its first since its last write)."""
-        tier = self._batching if conn.batching else self._prompt
-        tier.dirty.append(conn)
-        self._schedule(tier)
-
-    def _schedule(self, tier: _Tier) -> None:
-        if tier.scheduled:
+        """``conn`` has frames of its own to write: they go out at its room's flush."""
+        batch = conn.batch
+        if batch is None or conn not in batch.members:  # not (or no longer) in a room
+            self._loop.call_soon(conn.flush)
             return
-        tier.scheduled = True
-        due = tier.last + tier.interval
-        if due <= self._loop.time():
-            self._loop.call_soon(self._flush, tier)
-        else:
-            self._loop.call_at(due, self._flush, tier)
+        self._queue(batch)
+
+    def _queue(self, batch: RoomBatch) -> _Tier:
+        tier = self._batching if batch.batching else self._prompt
+        if not batch.queued:
+            batch.queued = True
+            tier.dirty.append(batch)
+            if not tier.scheduled:
+                tier.scheduled = True
+                due = tier.last + tier.interval
+                if due <= self._loop.time():
+                    self._loop.call_soon(self._flush, tier)
+                else:
+                    self._loop.call_at(due, self._flush, tier)
+        return tier
 
     def _flush(self, tier: _Tier) -> None:
         tier.scheduled = False
@@ -129,14 +157,19 @@ class Hub:
         now = time.perf_counter()
         interval = self._interval
         dirty, tier.dirty = tier.dirty, []
-        for conn in dirty:
-            frames = conn.flush()
+        for batch in dirty:
+            batch.queued = False
+            frames, seqs = batch.frames, batch.seqs
+            batch.frames, batch.seqs = [], []
+            data = b"" if not frames else frames[0] if len(frames) == 1 else b"".join(frames)
+            for conn in list(batch.members):  # a condemned member leaves later, not in this loop
+                conn.write_batch(frames, seqs, data)
             if frames and interval:
-                gap = (now - conn.last_write) / frames
-                conn.last_write = now
-                conn.frame_gap += GAP_WEIGHT * (gap - conn.frame_gap)
+                gap = (now - batch.last_flush) / len(frames)
+                batch.last_flush = now
+                batch.gap += GAP_WEIGHT * (gap - batch.gap)
                 # two or more frames expected per interval to join, fewer than one to leave
-                conn.batching = conn.frame_gap <= (interval if conn.batching else interval / 2)
+                batch.batching = batch.gap <= (interval if batch.batching else interval / 2)
         if tier.received:
             received, tier.received = tier.received, []
             self._observe(received, now)

@@ -1,10 +1,11 @@
-"""The Hub's two flush tiers, on a real event loop with recording transports (no sockets needed)."""
+"""The Hub's room batches and flush tiers, on a real event loop with recording transports (no sockets needed)."""
 
 from __future__ import annotations
 
 import asyncio
 
 from scalechat.chat.connection import Connection
+from scalechat.chat.framing import frame_text
 from scalechat.chat.hub import PROMPT_WINDOW, Hub
 from scalechat.chat.ratelimit import TokenBucket
 
@@ -16,13 +17,14 @@ class _Transport:
     """Records the loop time of every write and how many frames it held."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop, self.writes = loop, []
+        self.loop, self.writes, self.data, self.buffered = loop, [], b"", 0
 
     def write(self, data: bytes) -> None:
         self.writes.append((self.loop.time(), data.count(b"\x81")))
+        self.data += data
 
     def get_write_buffer_size(self) -> int:
-        return 0
+        return self.buffered
 
     def is_closing(self) -> bool:
         return False
@@ -32,12 +34,22 @@ class _WS:
     compress = 0
 
 
-def member(hub: Hub, loop, room: str) -> tuple[Connection, _Transport]:
+def member(hub: Hub, loop, room: str, condemned: list | None = None) -> tuple[Connection, _Transport]:
     transport = _Transport(loop)
     conn = Connection(_WS(), transport, room, "n", 1 << 20, TokenBucket(100, 100, 0.0), hub.schedule_flush,
-                      lambda c: None)
+                      (condemned if condemned is not None else []).append)
     hub.add(conn)
     return conn, transport
+
+
+def texts(transport: _Transport) -> list[bytes]:
+    """The payloads written, in order (short unmasked text frames only)."""
+    out, data = [], transport.data
+    while data:
+        n = data[1]
+        out.append(data[2:2 + n])
+        data = data[2 + n:]
+    return out
 
 
 async def broadcasts(hub: Hub, room: str, per_interval: float, intervals: int) -> list[float]:
@@ -54,7 +66,7 @@ async def broadcasts(hub: Hub, room: str, per_interval: float, intervals: int) -
     return sent
 
 
-async def test_a_busy_socket_batches_and_a_quiet_one_is_written_promptly():
+async def test_a_busy_room_batches_and_a_quiet_one_is_written_promptly():
     loop = asyncio.get_running_loop()
     hub = Hub(loop, lambda received, now: None, INTERVAL)
     busy, busy_t = member(hub, loop, "big")
@@ -64,7 +76,7 @@ async def test_a_busy_socket_batches_and_a_quiet_one_is_written_promptly():
     small_sent = await broadcasts(hub, "small", 0.5, 40)
     await big
     await asyncio.sleep(2 * INTERVAL)
-    assert busy.batching and not quiet.batching
+    assert hub.batching("big") and not hub.batching("small")
     assert sum(n for _, n in busy_t.writes) == 120
     assert [n for _, n in quiet_t.writes] == [1] * 20
     # prompt: each quiet frame went out within the prompt window (1 ms), not the interval
@@ -73,16 +85,16 @@ async def test_a_busy_socket_batches_and_a_quiet_one_is_written_promptly():
     assert all(gap >= INTERVAL * 0.9 for gap in gaps), gaps  # at most one write per interval
 
 
-async def test_a_socket_leaves_the_batching_tier_when_its_room_quiets_down():
+async def test_a_room_leaves_the_batching_tier_when_it_quiets_down():
     loop = asyncio.get_running_loop()
     hub = Hub(loop, lambda received, now: None, INTERVAL)
     conn, transport = member(hub, loop, "r")
     await broadcasts(hub, "r", 4, 30)
-    assert conn.batching
+    assert hub.batching("r")
     await broadcasts(hub, "r", 1.5, 20)  # between one and two per interval: stays
-    assert conn.batching
+    assert hub.batching("r")
     await broadcasts(hub, "r", 1 / 3, 90)
-    assert not conn.batching
+    assert not hub.batching("r")
     sent = await broadcasts(hub, "r", 1 / 3, 12)
     written = [t for t, _ in transport.writes[-4:]]
     assert all(w - s < INTERVAL / 2 for w, s in zip(written, sent[-4:]))
@@ -98,7 +110,7 @@ async def test_without_an_interval_every_socket_is_written_each_tick():
         await asyncio.sleep(0)
         await asyncio.sleep(0)
     assert [n for _, n in transport.writes] == [3] * 5
-    assert not conn.batching
+    assert not hub.batching("r")
 
 
 async def test_processing_time_is_observed_when_the_last_write_is_made():
@@ -111,3 +123,76 @@ async def test_processing_time_is_observed_when_the_last_write_is_made():
     assert observed == []
     await asyncio.sleep(0)
     assert [n for n, _ in observed] == [2]
+
+
+async def test_a_room_frame_is_queued_once_and_joined_once_for_all_members():
+    loop = asyncio.get_running_loop()
+    hub = Hub(loop, lambda received, now: None, INTERVAL)
+    members = [member(hub, loop, "r") for _ in range(3)]
+    for i in range(3):
+        hub.broadcast("r", b"m%d" % i)
+    assert all(conn._pending == [] for conn, _ in members)  # nothing per member per message
+    await asyncio.sleep(0.01)
+    assert [texts(t) for _, t in members] == [[b"m0", b"m1", b"m2"]] * 3
+    assert [len(t.writes) for _, t in members] == [1, 1, 1]
+
+
+async def test_a_members_own_frame_keeps_its_place_among_the_rooms():
+    loop = asyncio.get_running_loop()
+    hub = Hub(loop, lambda received, now: None, INTERVAL)
+    alice, alice_t = member(hub, loop, "r")
+    bob, bob_t = member(hub, loop, "r")
+    hub.broadcast("r", b"m1")
+    alice.push(frame_text(b"error"))
+    hub.broadcast("r", b"m2")
+    await asyncio.sleep(0.01)
+    assert texts(alice_t) == [b"m1", b"error", b"m2"] and len(alice_t.writes) == 1
+    assert texts(bob_t) == [b"m1", b"m2"]
+
+
+async def test_a_joiner_gets_nothing_queued_before_it_joined_and_a_leaver_keeps_what_was():
+    loop = asyncio.get_running_loop()
+    hub = Hub(loop, lambda received, now: None, INTERVAL)
+    early, early_t = member(hub, loop, "r")
+    hub.broadcast("r", b"before")
+    late, late_t = member(hub, loop, "r")
+    hub.broadcast("r", b"after")
+    hub.remove(early)
+    hub.broadcast("r", b"gone")
+    await asyncio.sleep(0.01)
+    assert texts(late_t) == [b"after", b"gone"]
+    assert texts(early_t) == []  # it left: its queued frames wait for its close
+    await early.drain()
+    assert texts(early_t) == [b"before", b"after"]
+
+
+async def test_a_held_member_gets_history_then_only_what_history_does_not_cover():
+    loop = asyncio.get_running_loop()
+    hub = Hub(loop, lambda received, now: None, INTERVAL)
+    member(hub, loop, "r")
+    joiner = Connection(_WS(), _Transport(loop), "r", "j", 1 << 20, TokenBucket(100, 100, 0.0),
+                        hub.schedule_flush, lambda c: None)
+    joiner.hold()
+    hub.add(joiner)
+    hub.broadcast("r", b"s1", seq=1)
+    await asyncio.sleep(0.01)  # flushed while held: kept aside
+    hub.broadcast("r", b"s2", seq=2)
+    hub.broadcast("r", b"presence", seq=0)
+    hub.broadcast("r", b"s3", seq=3)
+    joiner.release(frame_text(b"history-to-2"), last_seq=2)
+    hub.broadcast("r", b"s4", seq=4)
+    await asyncio.sleep(0.01)
+    assert texts(joiner.transport) == [b"history-to-2", b"presence", b"s3", b"s4"]
+
+
+async def test_a_member_that_cannot_take_the_batch_is_condemned_and_the_others_are_written():
+    loop = asyncio.get_running_loop()
+    hub = Hub(loop, lambda received, now: None, INTERVAL)
+    condemned = []
+    slow, slow_t = member(hub, loop, "r", condemned)
+    fast, fast_t = member(hub, loop, "r")
+    slow_t.buffered = slow.limit  # the peer stopped reading: its transport is full
+    hub.broadcast("r", b"m")
+    await asyncio.sleep(0.01)
+    assert condemned == [slow] and slow.dead and texts(slow_t) == []
+    assert texts(fast_t) == [b"m"]
