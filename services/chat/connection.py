@@ -75,12 +75,16 @@ class Connection:
             self._condemn()
 
     def _catch_up(self) -> None:
-        """Move the room frames queued since ``mark`` into ``_pending`` (order kept)."""
+        """Move the room frames queued since ``mark`` into ``_pending`` (order kept),
+        or aside with their seqs while held."""
         batch = self.batch
         if batch is None or len(batch.frames) <= self.mark:
             return
-        frames = batch.frames[self.mark:]
-        self.mark = len(batch.frames)
+        start, self.mark = self.mark, len(batch.frames)
+        frames = batch.frames[start:]
+        if self._held is not None:
+            self._held.extend(zip(batch.seqs[start:], frames))
+            return
         self._pending.extend(frames)
         self._pending_bytes += sum(map(len, frames))
 
@@ -124,11 +128,8 @@ class Connection:
         The history frame is bounded by history_on_join x max_message_bytes and
         may exceed the send buffer, so the bound grows by its size.
         """
+        self._catch_up()  # room frames queued since the last flush join the held ones
         held, self._held = self._held or [], None
-        if self.batch is not None:  # room frames queued since the last flush
-            frames = self.batch.frames
-            held.extend(zip(self.batch.seqs[self.mark:], frames[self.mark:]))
-            self.mark = len(frames)
         self.limit += len(first)
         self.push(first)
         for seq, frame in held:

@@ -78,10 +78,10 @@ class Settings:
         1048576, "Outgoing bytes buffered per connection; a client that lets more pile up is "
                  "closed with 1013 'slow consumer'.", minimum=1024)
     flush_interval_ms: float = _setting(
-        10.0, "Batching window: a socket expected to get two or more frames within it (a member "
-              "of a busy, big room) is written at most once per window, in fewer, larger writes: "
-              "less CPU per delivery for at most this much more latency. Other sockets are "
-              "written within 1 ms; 0 writes every socket at the end of each loop tick.", minimum=0)
+        10.0, "Batching window: a room expected to get two or more messages within it (a busy "
+              "room) is written to its members at most once per window, in fewer, larger writes: "
+              "less CPU per delivery for at most this much more latency. Other rooms are written "
+              "within 1 ms; 0 writes every room at the end of each loop tick.", minimum=0)
     allowed_origins: tuple[str, ...] = _setting(
         (), "Comma-separated Origins allowed besides the server's own host; '*' allows any. "
             "Requests without an Origin header (non-browser clients) are allowed.")

@@ -196,3 +196,17 @@ async def test_a_member_that_cannot_take_the_batch_is_condemned_and_the_others_a
     await asyncio.sleep(0.01)
     assert condemned == [slow] and slow.dead and texts(slow_t) == []
     assert texts(fast_t) == [b"m"]
+
+
+async def test_a_held_member_that_leaves_before_its_history_is_sent_nothing_from_the_room():
+    loop = asyncio.get_running_loop()
+    hub = Hub(loop, lambda received, now: None, INTERVAL)
+    member(hub, loop, "r")
+    joiner = Connection(_WS(), _Transport(loop), "r", "j", 1 << 20, TokenBucket(100, 100, 0.0),
+                        hub.schedule_flush, lambda c: None)
+    joiner.hold()
+    hub.add(joiner)
+    hub.broadcast("r", b"s1", seq=1)
+    hub.remove(joiner)  # e.g. the broker failed before its history could be read
+    await joiner.drain()
+    assert texts(joiner.transport) == []
