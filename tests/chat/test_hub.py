@@ -34,10 +34,14 @@ class _WS:
     compress = 0
 
 
-def member(hub: Hub, loop, room: str, condemned: list | None = None) -> tuple[Connection, _Transport]:
+def member(hub: Hub, loop, room: str, condemned: list | None = None,
+           held: bool = False) -> tuple[Connection, _Transport]:
+    """A connection added to ``room``; ``held`` as Node.join holds it until its history is sent."""
     transport = _Transport(loop)
     conn = Connection(_WS(), transport, room, "n", 1 << 20, TokenBucket(100, 100, 0.0), hub.schedule_flush,
                       (condemned if condemned is not None else []).append)
+    if held:
+        conn.hold()
     hub.add(conn)
     return conn, transport
 
@@ -170,10 +174,7 @@ async def test_a_held_member_gets_history_then_only_what_history_does_not_cover(
     loop = asyncio.get_running_loop()
     hub = Hub(loop, lambda received, now: None, INTERVAL)
     member(hub, loop, "r")
-    joiner = Connection(_WS(), _Transport(loop), "r", "j", 1 << 20, TokenBucket(100, 100, 0.0),
-                        hub.schedule_flush, lambda c: None)
-    joiner.hold()
-    hub.add(joiner)
+    joiner, joiner_t = member(hub, loop, "r", held=True)
     hub.broadcast("r", b"s1", seq=1)
     await asyncio.sleep(0.01)  # flushed while held: kept aside
     hub.broadcast("r", b"s2", seq=2)
@@ -182,7 +183,7 @@ async def test_a_held_member_gets_history_then_only_what_history_does_not_cover(
     joiner.release(frame_text(b"history-to-2"), last_seq=2)
     hub.broadcast("r", b"s4", seq=4)
     await asyncio.sleep(0.01)
-    assert texts(joiner.transport) == [b"history-to-2", b"presence", b"s3", b"s4"]
+    assert texts(joiner_t) == [b"history-to-2", b"presence", b"s3", b"s4"]
 
 
 async def test_a_member_that_cannot_take_the_batch_is_condemned_and_the_others_are_written():
@@ -202,11 +203,8 @@ async def test_a_held_member_that_leaves_before_its_history_is_sent_nothing_from
     loop = asyncio.get_running_loop()
     hub = Hub(loop, lambda received, now: None, INTERVAL)
     member(hub, loop, "r")
-    joiner = Connection(_WS(), _Transport(loop), "r", "j", 1 << 20, TokenBucket(100, 100, 0.0),
-                        hub.schedule_flush, lambda c: None)
-    joiner.hold()
-    hub.add(joiner)
+    joiner, joiner_t = member(hub, loop, "r", held=True)
     hub.broadcast("r", b"s1", seq=1)
     hub.remove(joiner)  # e.g. the broker failed before its history could be read
     await joiner.drain()
-    assert texts(joiner.transport) == []
+    assert texts(joiner_t) == []
