@@ -81,12 +81,16 @@ class Connection:
         if batch is None or len(batch.frames) <= self.mark:
             return
         start, self.mark = self.mark, len(batch.frames)
-        frames = batch.frames[start:]
+        self._take(batch.frames, batch.seqs, start)
+
+    def _take(self, frames: list[bytes], seqs: list[int], start: int) -> None:
+        """Queue ``frames[start:]`` behind our own frames, or aside with their seqs while held."""
         if self._held is not None:
-            self._held.extend(zip(batch.seqs[start:], frames))
+            self._held.extend(zip(seqs[start:], frames[start:]))
             return
-        self._pending.extend(frames)
-        self._pending_bytes += sum(map(len, frames))
+        rest = frames[start:] if start else frames
+        self._pending.extend(rest)
+        self._pending_bytes += sum(map(len, rest))
 
     def detach(self) -> None:
         """Leave the room's batch, keeping the frames it queued before we left."""
@@ -102,12 +106,10 @@ class Connection:
         if self.dead:
             return 0
         if self._held is not None:
-            self._held.extend(zip(seqs[mark:], frames[mark:]))
+            self._take(frames, seqs, mark)
             return 0
         if mark or self._pending or self._deflate:
-            rest = frames[mark:] if mark else frames
-            self._pending.extend(rest)
-            self._pending_bytes += sum(map(len, rest))
+            self._take(frames, seqs, mark)
             return self.flush()
         if not frames:
             return 0

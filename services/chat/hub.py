@@ -131,11 +131,10 @@ class Hub:
 
     def schedule_flush(self, conn: Connection) -> None:
         """``conn`` has frames of its own to write: they go out at its room's flush."""
-        batch = conn.batch
-        if batch is None or conn not in batch.members:  # not (or no longer) in a room
+        if conn.batch is None:  # not (or no longer) in a room: add() sets it, remove() clears it
             self._loop.call_soon(conn.flush)
             return
-        self._queue(batch)
+        self._queue(conn.batch)
 
     def _queue(self, batch: RoomBatch) -> _Tier:
         tier = self._batching if batch.batching else self._prompt

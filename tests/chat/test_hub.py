@@ -34,6 +34,11 @@ class _WS:
     compress = 0
 
 
+def new_hub(interval: float = INTERVAL) -> Hub:
+    """A Hub on the running loop that ignores processing-time observations."""
+    return Hub(asyncio.get_running_loop(), lambda received, now: None, interval)
+
+
 def member(hub: Hub, loop, room: str, condemned: list | None = None,
            held: bool = False) -> tuple[Connection, _Transport]:
     """A connection added to ``room``; ``held`` as Node.join holds it until its history is sent."""
@@ -72,7 +77,7 @@ async def broadcasts(hub: Hub, room: str, per_interval: float, intervals: int) -
 
 async def test_a_busy_room_batches_and_a_quiet_one_is_written_promptly():
     loop = asyncio.get_running_loop()
-    hub = Hub(loop, lambda received, now: None, INTERVAL)
+    hub = new_hub()
     busy, busy_t = member(hub, loop, "big")
     quiet, quiet_t = member(hub, loop, "small")
     # the big room: three frames per interval (all in one tick); the small one: one per two intervals
@@ -91,7 +96,7 @@ async def test_a_busy_room_batches_and_a_quiet_one_is_written_promptly():
 
 async def test_a_room_leaves_the_batching_tier_when_it_quiets_down():
     loop = asyncio.get_running_loop()
-    hub = Hub(loop, lambda received, now: None, INTERVAL)
+    hub = new_hub()
     conn, transport = member(hub, loop, "r")
     await broadcasts(hub, "r", 4, 30)
     assert hub.batching("r")
@@ -106,7 +111,7 @@ async def test_a_room_leaves_the_batching_tier_when_it_quiets_down():
 
 async def test_without_an_interval_every_socket_is_written_each_tick():
     loop = asyncio.get_running_loop()
-    hub = Hub(loop, lambda received, now: None, 0.0)
+    hub = new_hub(0.0)
     conn, transport = member(hub, loop, "r")
     for _ in range(5):
         for _ in range(3):
@@ -131,7 +136,7 @@ async def test_processing_time_is_observed_when_the_last_write_is_made():
 
 async def test_a_room_frame_is_queued_once_and_joined_once_for_all_members():
     loop = asyncio.get_running_loop()
-    hub = Hub(loop, lambda received, now: None, INTERVAL)
+    hub = new_hub()
     members = [member(hub, loop, "r") for _ in range(3)]
     for i in range(3):
         hub.broadcast("r", b"m%d" % i)
@@ -143,7 +148,7 @@ async def test_a_room_frame_is_queued_once_and_joined_once_for_all_members():
 
 async def test_a_members_own_frame_keeps_its_place_among_the_rooms():
     loop = asyncio.get_running_loop()
-    hub = Hub(loop, lambda received, now: None, INTERVAL)
+    hub = new_hub()
     alice, alice_t = member(hub, loop, "r")
     bob, bob_t = member(hub, loop, "r")
     hub.broadcast("r", b"m1")
@@ -156,7 +161,7 @@ async def test_a_members_own_frame_keeps_its_place_among_the_rooms():
 
 async def test_a_joiner_gets_nothing_queued_before_it_joined_and_a_leaver_keeps_what_was():
     loop = asyncio.get_running_loop()
-    hub = Hub(loop, lambda received, now: None, INTERVAL)
+    hub = new_hub()
     early, early_t = member(hub, loop, "r")
     hub.broadcast("r", b"before")
     late, late_t = member(hub, loop, "r")
@@ -172,7 +177,7 @@ async def test_a_joiner_gets_nothing_queued_before_it_joined_and_a_leaver_keeps_
 
 async def test_a_held_member_gets_history_then_only_what_history_does_not_cover():
     loop = asyncio.get_running_loop()
-    hub = Hub(loop, lambda received, now: None, INTERVAL)
+    hub = new_hub()
     member(hub, loop, "r")
     joiner, joiner_t = member(hub, loop, "r", held=True)
     hub.broadcast("r", b"s1", seq=1)
@@ -188,7 +193,7 @@ async def test_a_held_member_gets_history_then_only_what_history_does_not_cover(
 
 async def test_a_member_that_cannot_take_the_batch_is_condemned_and_the_others_are_written():
     loop = asyncio.get_running_loop()
-    hub = Hub(loop, lambda received, now: None, INTERVAL)
+    hub = new_hub()
     condemned = []
     slow, slow_t = member(hub, loop, "r", condemned)
     fast, fast_t = member(hub, loop, "r")
@@ -201,7 +206,7 @@ async def test_a_member_that_cannot_take_the_batch_is_condemned_and_the_others_a
 
 async def test_a_held_member_that_leaves_before_its_history_is_sent_nothing_from_the_room():
     loop = asyncio.get_running_loop()
-    hub = Hub(loop, lambda received, now: None, INTERVAL)
+    hub = new_hub()
     member(hub, loop, "r")
     joiner, joiner_t = member(hub, loop, "r", held=True)
     hub.broadcast("r", b"s1", seq=1)
