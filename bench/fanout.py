@@ -1,4 +1,4 @@
-"""Fan-out benchmark: scalechat against the naive aiohttp broadcast, same run, same cores.
+"""Fan-out benchmark: scalechat against the naive aiohttp broadcast (and a floor), same run, same cores.
 
 For each scenario (rooms x clients, 100-byte messages) and each server:
   * at a fixed offered load both servers hold: server CPU seconds per delivered
@@ -15,6 +15,12 @@ Everything talks to 127.0.0.1 and stops by itself. This machine is noisy: with
     .venv/bin/python bench/fanout.py [--seconds 8] [--json build/bench/fanout.json]
     .venv/bin/python bench/fanout.py --repeat 3 --saturation-factor 0      # the fixed loads, 3 rounds
     .venv/bin/python bench/fanout.py --scenarios 1x100 --load 1x100=80000  # a higher fixed load
+
+A third server, the floor (``bench/floor_server.py``), writes each delivery on
+its own and does nothing else: its CPU per delivery is the least any server
+that makes one write per delivery can spend on this machine, the bound for
+scenarios (100 x 4) where no window short enough for the latency holds two
+frames for a socket.
 """
 
 from __future__ import annotations
@@ -111,7 +117,7 @@ def start_server(kind: str) -> tuple[subprocess.Popen, int]:
                "--metrics-port", str(free_port()), "--rate-limit", "100000",
                "--rate-burst", "100000", "--log-level", "warning", *SCALECHAT_FLAGS]
     else:
-        cmd = [sys.executable, str(HERE / "naive_server.py"), str(port)]
+        cmd = [sys.executable, str(HERE / f"{kind}_server.py"), str(port)]
     proc = subprocess.Popen(["taskset", "-c", str(SERVER_CORE), *cmd],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 15
@@ -320,7 +326,10 @@ def main() -> None:
                         help="fixed load (deliveries/s) for a scenario instead of its default, e.g. 1x100=80000")
     parser.add_argument("--repeat", type=int, default=1,
                         help="rounds of every run; ratios are then given as median (min-max) over rounds")
-    parser.add_argument("--servers", nargs="+", default=["naive", "scalechat"], choices=["naive", "scalechat"])
+    parser.add_argument("--servers", nargs="+", default=["naive", "scalechat", "floor"],
+                        choices=["naive", "scalechat", "floor"],
+                        help="floor (bench/floor_server.py): one write per delivery and no other work, "
+                             "the least any server that writes each delivery on its own can spend")
     parser.add_argument("--json", type=Path, default=Path("build/bench/fanout.json"))
     parser.add_argument("--scalechat-flag", action="append", default=[], metavar="FLAG",
                         help="extra flag for `scalechat serve` (repeat), e.g. --scalechat-flag=--flush-interval-ms=5")
@@ -342,24 +351,32 @@ def main() -> None:
     print("\n" + table([m for rows in rounds for m in rows]))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps([asdict(m) for rows in rounds for m in rows], indent=2))
-    if len(args.servers) < 2:
+    if not {"naive", "scalechat"} <= set(args.servers):
         return
     print(f"\nscalechat / naive (each ratio within one round; {args.repeat} round(s)):")
     for scenario in args.scenarios:
-        cpu, p99s, sat = [], [], []
-        for rows in rounds:
-            by = {(m.scenario, m.server): m for m in rows}
-            ours, naive = by[(scenario, "scalechat")], by[(scenario, "naive")]
-            cpu.append(ours.cpu_us_per_delivery / naive.cpu_us_per_delivery)
-            p99s.append(f"{ours.echo_p99_ms:.1f} vs {naive.echo_p99_ms:.1f}")
-            if (scenario + "*", "scalechat") in by:
-                sat.append(by[(scenario + "*", "scalechat")].delivered_per_s
-                           / by[(scenario + "*", "naive")].delivered_per_s)
-        line = f"  {scenario}: CPU per delivery {spread(cpu)}; p99 ms {', '.join(p99s)}"
-        if sat:
-            line += f"; saturation deliveries/s {spread(sat)}"
-        print(line)
+        print(ratio_line(rounds, scenario))
 
+
+def ratio_line(rounds: list[list[Measurement]], scenario: str) -> str:
+    """scalechat against naive in ``scenario``, and the floor against naive when it ran."""
+    cpu, floor, p99s, sat = [], [], [], []
+    for rows in rounds:
+        by = {(m.scenario, m.server): m for m in rows}
+        ours, naive = by[(scenario, "scalechat")], by[(scenario, "naive")]
+        cpu.append(ours.cpu_us_per_delivery / naive.cpu_us_per_delivery)
+        p99s.append(f"{ours.echo_p99_ms:.1f} vs {naive.echo_p99_ms:.1f}")
+        if (scenario, "floor") in by:
+            floor.append(by[(scenario, "floor")].cpu_us_per_delivery / naive.cpu_us_per_delivery)
+        if (scenario + "*", "scalechat") in by:
+            sat.append(by[(scenario + "*", "scalechat")].delivered_per_s
+                       / by[(scenario + "*", "naive")].delivered_per_s)
+    line = f"  {scenario}: CPU per delivery {spread(cpu)}; p99 ms {', '.join(p99s)}"
+    if sat:
+        line += f"; saturation deliveries/s {spread(sat)}"
+    if floor:
+        line += f"\n  {scenario}: floor (one write per delivery, no other work) CPU per delivery {spread(floor)}"
+    return line
 
 if __name__ == "__main__":
     main()

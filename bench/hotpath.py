@@ -1,0 +1,105 @@
+"""scalechat's own per-message work, without sockets: what the server adds to the floor.
+
+Drives the real Node, MemoryBroker and Hub (rate limit, JSON parse and
+checks, seq, encode, history, framing, the room's flush and one
+``write_batch`` per member) with text frames as the WebSocket layer hands
+them over, for rooms of a given size. Transports are stand-ins whose write
+does nothing, so the figure leaves out exactly what bench/fanout.py's floor
+server measures (the kernel's loopback cost and the least Python that moves
+the bytes) and what aiohttp spends receiving a frame.
+
+    .venv/bin/python bench/hotpath.py [--rooms 100] [--members 4] [--messages 200000]
+
+Reported in CPU µs per message and per delivery (one message reaches every
+member of its room), pinned to one core when it can be.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import time
+
+import orjson
+import uvloop
+
+from scalechat.chat.broker_memory import MemoryBroker
+from scalechat.chat.connection import Connection
+from scalechat.chat.hub import Hub
+from scalechat.chat.metrics import Metrics
+from scalechat.chat.node import Node
+from scalechat.chat.ratelimit import TokenBucket
+from scalechat.chat.settings import Settings
+from scalechat.hostinfo import host_facts
+
+
+class NullTransport:
+    """Accepts every write and keeps nothing: no syscall, no buffer."""
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def is_closing(self) -> bool:
+        return False
+
+
+class NoDeflate:
+    compress = 0
+
+
+async def run(rooms: int, members: int, messages: int) -> float:
+    """CPU seconds per message over ``messages`` messages spread evenly over the sockets."""
+    settings = Settings(rate_limit=1e9, rate_burst=10**9)
+    metrics = Metrics(lambda: hub.connection_count, lambda: hub.room_count, host_facts())
+    hub = Hub(asyncio.get_running_loop(), metrics.observe_processing, settings.flush_interval_ms / 1000)
+    node = Node(settings, MemoryBroker(settings), metrics, hub)
+    await node.start()
+    conns = []
+    for r in range(rooms):
+        for m in range(members):
+            conn = Connection(NoDeflate(), NullTransport(), f"bench-{r}", f"c{r}-{m}", 1 << 30,  # type: ignore[arg-type]
+                              TokenBucket(1e9, 10**9, time.perf_counter()), hub.schedule_flush,
+                              lambda conn: None)
+            hub.add(conn)
+            await node.broker.subscribe(conn.room)
+            conns.append(conn)
+    texts = [orjson.dumps({"type": "message", "text": f"c{i}:{time.time():.6f}:" + "x" * 60}).decode()
+             for i in range(len(conns))]
+    batch = max(1, len(conns) // 4)  # messages between two chances for the flush timers to fire
+    start = time.process_time()
+    for i in range(messages):
+        k = i % len(conns)
+        await node.handle_text(conns[k], texts[k])
+        if i % batch == batch - 1:
+            await asyncio.sleep(0.0015)  # the prompt tier's window passes; its flush runs
+    await asyncio.sleep(settings.flush_interval_ms / 1000 * 2)
+    spent = time.process_time() - start
+    await node.close()
+    assert metrics.delivered == messages * members, "every message reaches every member"
+    return spent / messages
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rooms", type=int, default=100)
+    parser.add_argument("--members", type=int, default=4, help="sockets per room")
+    parser.add_argument("--messages", type=int, default=200_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    for name in ("rooms", "members", "messages", "repeat"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"--{name} must be >= 1")
+    if len(os.sched_getaffinity(0)) > 1:
+        os.sched_setaffinity(0, {0})
+    for _ in range(args.repeat):
+        per_message = uvloop.run(run(args.rooms, args.members, args.messages))
+        print(f"{args.rooms} x {args.members}: {per_message * 1e6:.2f} µs per message, "
+              f"{per_message * 1e6 / args.members:.2f} µs per delivery", flush=True)
+
+
+if __name__ == "__main__":
+    main()
