@@ -7,12 +7,12 @@ each (a loopback write costs about 10 µs of kernel time; queuing a frame well
 under one), so no member can delay another. Each room is flushed in one of
 two tiers, by how fast frames come to it:
 
-* *prompt*: written within ``PROMPT_WINDOW`` (1 ms). A room that gets fewer
-  than two frames per ``flush_interval`` (a small or quiet room) would save
-  no write by waiting longer. The millisecond lets one flush write the
-  sockets of many messages together: in 100 rooms of 4 it cost 10% less CPU
-  than writing at the end of every loop tick, for a p50 of 1.2 ms instead of
-  0.5 (and 4 ms with a 5 ms window for every socket).
+* *prompt*: written at the end of the loop tick that queued the frame. A room
+  that gets fewer than two frames per ``flush_interval`` (a small or quiet
+  room) would save no write by waiting; under load a tick holds many reads,
+  so one flush still covers many messages. (Waiting 1 ms more saved CPU only
+  on loopback, by waking clients on the same host once per burst, and
+  doubled the p99 in 100 rooms of 4: README, Benchmarks.)
 * *batching*: a room expected to get two or more frames per
   ``flush_interval`` (a busy room, where writes dominate the CPU once it is
   big) is written at most once per interval: fewer, larger writes for at
@@ -35,7 +35,6 @@ from collections.abc import Callable
 from scalechat.chat.connection import Connection
 from scalechat.chat.framing import frame_text
 
-PROMPT_WINDOW = 0.001  # seconds a prompt room's frames may wait for others
 GAP_WEIGHT = 0.125  # weight of the newest gap in the moving average (smooths bursty arrivals)
 
 
@@ -72,7 +71,7 @@ class Hub:
                  observe: Callable[[list[float], float], None], flush_interval: float = 0.0) -> None:
         self._loop = loop
         self._interval = flush_interval
-        self._prompt = _Tier(min(PROMPT_WINDOW, flush_interval))
+        self._prompt = _Tier(0.0)
         self._batching = _Tier(flush_interval)
         self._rooms: dict[str, RoomBatch] = {}
         self._observe = observe

@@ -80,8 +80,8 @@ class Settings:
     flush_interval_ms: float = _setting(
         10.0, "Batching window: a room expected to get two or more messages within it (a busy "
               "room) is written to its members at most once per window, in fewer, larger writes: "
-              "less CPU per delivery for at most this much more latency. Other rooms are written "
-              "within 1 ms; 0 writes every room at the end of each loop tick.", minimum=0)
+              "less CPU per delivery for at most this much more latency. Other rooms, and every "
+              "room with 0, are written at the end of the loop tick.", minimum=0)
     allowed_origins: tuple[str, ...] = _setting(
         (), "Comma-separated Origins allowed besides the server's own host; '*' allows any. "
             "Requests without an Origin header (non-browser clients) are allowed.")
