@@ -378,5 +378,6 @@ def ratio_line(rounds: list[list[Measurement]], scenario: str) -> str:
         line += f"\n  {scenario}: floor (one write per delivery, no other work) CPU per delivery {spread(floor)}"
     return line
 
+
 if __name__ == "__main__":
     main()

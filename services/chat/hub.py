@@ -12,7 +12,7 @@ two tiers, by how fast frames come to it:
   room) would save no write by waiting; under load a tick holds many reads,
   so one flush still covers many messages. (Waiting 1 ms more saved CPU only
   on loopback, by waking clients on the same host once per burst, and
-  doubled the p99 in 100 rooms of 4: README, Benchmarks.)
+  raised the p99 in 100 rooms of 4 from 1-2 ms to 4-5: README, Benchmarks.)
 * *batching*: a room expected to get two or more frames per
   ``flush_interval`` (a busy room, where writes dominate the CPU once it is
   big) is written at most once per interval: fewer, larger writes for at
