@@ -17,8 +17,9 @@ Everything talks to 127.0.0.1 and stops by itself. This machine is noisy: with
     .venv/bin/python bench/fanout.py --scenarios 1x100 --load 1x100=80000  # a higher fixed load
 
 A third server, the floor (``bench/floor_server.py``), writes each delivery on
-its own and does nothing else: its CPU per delivery is the least any server
-that makes one write per delivery can spend on this machine, the bound for
+its own and does nothing else: its CPU per delivery is the least a Python
+server that makes one write per delivery can spend on this machine (mostly
+kernel time, which any server pays for those writes), the bound for
 scenarios (100 x 4) where no window short enough for the latency holds two
 frames for a socket.
 """
@@ -329,7 +330,7 @@ def main() -> None:
     parser.add_argument("--servers", nargs="+", default=["naive", "scalechat", "floor"],
                         choices=["naive", "scalechat", "floor"],
                         help="floor (bench/floor_server.py): one write per delivery and no other work, "
-                             "the least any server that writes each delivery on its own can spend")
+                             "the least a Python server that writes each delivery on its own can spend")
     parser.add_argument("--json", type=Path, default=Path("build/bench/fanout.json"))
     parser.add_argument("--scalechat-flag", action="append", default=[], metavar="FLAG",
                         help="extra flag for `scalechat serve` (repeat), e.g. --scalechat-flag=--flush-interval-ms=5")
