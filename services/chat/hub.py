@@ -160,7 +160,7 @@ class Hub:
             frames, seqs = batch.frames, batch.seqs
             batch.frames, batch.seqs = [], []
             data = b"" if not frames else frames[0] if len(frames) == 1 else b"".join(frames)
-            for conn in list(batch.members):  # a condemned member leaves later, not in this loop
+            for conn in list(batch.members):  # a copy: members leave later, but a set must never change mid-loop
                 conn.write_batch(frames, seqs, data)
             if frames and interval:
                 gap = (now - batch.last_flush) / len(frames)
