@@ -11,6 +11,7 @@ import asyncio
 import base64
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -28,7 +29,9 @@ from support import eventually
 
 from scalechat.cluster import Cluster, UsageError
 from scalechat.cluster import nginx, redis_server
-from scalechat.cluster.processes import find_program, free_port, http_status, kill
+from scalechat.cluster.processes import ProcessRecord, find_program, free_port, http_status, kill
+from scalechat.cluster.redis_server import RedisPlan
+from scalechat.cluster.state import ClusterState
 
 pytestmark = pytest.mark.timeout(60)
 CLI = [sys.executable, "-m", "scalechat.cluster.cli"]
@@ -50,6 +53,12 @@ def describe(clients) -> str:
 def get_json(url: str) -> dict:
     with urllib.request.urlopen(url, timeout=5) as response:
         return json.loads(response.read())
+
+
+def where(redis_url: str) -> tuple[str, int]:
+    """Host and port of a Redis URL, however the server spells it back."""
+    parts = urllib.parse.urlsplit(redis_url)
+    return parts.hostname, parts.port
 
 
 def room_name(label: str) -> str:
@@ -335,6 +344,12 @@ def test_bad_input_gets_one_line_errors(cluster, tmp_path):
          "apt-get install nginx"),
         (["up", "--port", "0", "--run-dir", str(cluster.run_dir)], 1, "already running"),
         (["down", "--run-dir", run_dir], 1, "no cluster in"),
+        (["up", "--redis-shards", "0", "--run-dir", run_dir], 2,
+         "--redis-shards must be between 1 and 16, got 0"),
+        (["up", "--redis-url", redis_server.DEFAULT_URL, "--redis-shards", "2",
+          "--run-dir", run_dir], 2, "--redis-shards 2 does not match the 1 URL(s) of --redis-url"),
+        (["up", "--redis-url", f"{redis_server.DEFAULT_URL},", "--run-dir", run_dir], 2,
+         "--redis-url has an empty entry (shard 1)"),
     ]
     for args, code, text in cases:
         done = cli(*args)
@@ -342,6 +357,92 @@ def test_bad_input_gets_one_line_errors(cluster, tmp_path):
         assert text in done.stderr and "Traceback" not in done.stderr, done.stderr
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert all(r["running"] for r in cluster.status()["replicas"])
+
+
+# --- Redis shards -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("url, own, shards, expected", [
+    (None, False, None, RedisPlan(shared=(redis_server.DEFAULT_URL,))),
+    (None, False, 1, RedisPlan(shared=(redis_server.DEFAULT_URL,))),
+    (None, True, None, RedisPlan(own=1)),
+    (None, True, 3, RedisPlan(own=3)),
+    (None, False, 3, RedisPlan(own=3)),
+    ("redis://a:6379/0, redis://b:6379/0", False, None,
+     RedisPlan(shared=("redis://a:6379/0", "redis://b:6379/0"))),
+    ("redis://a:6379/0,redis://b:6379/0", False, 2,
+     RedisPlan(shared=("redis://a:6379/0", "redis://b:6379/0"))),
+], ids=["default-shared", "one-shard-shared", "own", "own-3", "shards-imply-own", "url-list",
+        "url-list-matching-shards"])
+def test_redis_flags_say_which_shards_to_share_or_start(url, own, shards, expected):
+    assert redis_server.plan(url, own, shards) == expected
+
+
+@pytest.mark.parametrize("url, shards, message", [
+    (None, 0, "--redis-shards must be between 1 and 16, got 0"),
+    (None, 17, "--redis-shards must be between 1 and 16, got 17"),
+    ("redis://a:6379/0", 2, "--redis-shards 2 does not match the 1 URL(s) of --redis-url"),
+    ("redis://a:6379/0,redis://b:6379/0", 1, "--redis-shards 1 does not match the 2 URL(s)"),
+    ("redis://a:6379/0,,redis://b:6379/0", None, "--redis-url has an empty entry (shard 1)"),
+    ("redis://a:6379/0,redis://a:6379/0", None, "lists redis://a:6379/0 more than once"),
+    ("a:6379", None, "--redis-url entry 'a:6379' is not a redis://, rediss:// or unix:// URL"),
+])
+def test_redis_flags_that_cannot_work_are_refused_with_the_flag_named(url, shards, message):
+    with pytest.raises(UsageError, match=re.escape(message)):
+        redis_server.plan(url, False, shards)
+
+
+def test_a_state_file_from_before_sharding_still_names_its_own_redis(tmp_path):
+    proc = ProcessRecord("redis", 4242, 1, ("redis-server",), "redis.log")
+    data = ClusterState(tmp_path, 8080, "redis://127.0.0.1:7000/0", "p", None,
+                        redis_servers=(proc,)).to_dict()
+    del data["redis_servers"]
+    data["redis"] = proc.to_dict()
+    state = ClusterState.from_dict(data)
+    assert state.redis_servers == (proc,) and state.redis == proc
+    assert state.redis_urls == ("redis://127.0.0.1:7000/0",)
+
+
+async def test_two_redis_shards_run_as_two_own_servers_that_every_replica_gets(tmp_path):
+    cluster = Cluster.up(tmp_path / "cluster", replicas=2, port=0, redis_shards=2,
+                         with_prometheus=False)
+    pids = [p.pid for p in cluster.state.processes]
+    try:
+        status = cluster.status()
+        shards = status["redis_shards"]
+        urls = [shard["url"] for shard in shards]
+        assert [shard["shard"] for shard in shards] == [0, 1] and len(set(urls)) == 2
+        assert status["redis"] == ",".join(urls)
+        for shard in shards:
+            assert shard["process"]["running"] and redis_server.ping(shard["url"])
+            assert status["processes"][f"redis-{shard['shard']}"] == shard["process"]
+        for replica in status["replicas"]:  # the same shards, in the same order
+            got = get_json(f"{replica['http']}/info")["settings"]["redis_url"]
+            got = got.split(",") if isinstance(got, str) else got
+            assert [where(url) for url in got] == [where(url) for url in urls], replica["node"]
+        async with aiohttp.ClientSession() as session:
+            client = await RoomClient(session, status["balancer"].format(room=room_name("sharded")),
+                                      "s", resume=False).start()
+            try:
+                sender = Sender(client)
+                cid = await sender.send_new()
+                await eventually(lambda: cid in sender.acked(), 10,
+                                 "the echo through a sharded cluster")
+            finally:
+                await client.close()
+        done = cli("status", "--run-dir", str(cluster.run_dir))
+        assert done.returncode == 0, done.stderr
+        for shard in shards:
+            assert re.search(rf"redis-{shard['shard']}\s+{re.escape(shard['url'])}\s+\(shard "
+                             rf"{shard['shard']} of 2;.*own redis-server, pid "
+                             rf"{shard['process']['pid']}\)", done.stdout), done.stdout
+        done = cli("down", "--run-dir", str(cluster.run_dir))
+        assert done.returncode == 0, done.stderr
+        assert all(gone(pid) for pid in pids)
+        assert not any(redis_server.ping(url, 0.2) for url in urls)
+    finally:
+        cluster.down()
+    assert all(gone(pid) for pid in pids)
 
 
 # --- routing ----------------------------------------------------------------------------

@@ -14,20 +14,24 @@ from scalechat.cluster.cluster import (DEFAULT_PORT, DEFAULT_RUN_DIR, MAX_REPLIC
                                        START_TIMEOUT, STOP_TIMEOUT, Cluster)
 from scalechat.cluster.errors import ClusterError, UsageError
 from scalechat.cluster.nginx import Routing
-from scalechat.cluster.redis_server import DEFAULT_URL
+from scalechat.cluster.redis_server import DEFAULT_URL, MAX_SHARDS
 
 PROG = "scalechat cluster"
-DESCRIPTION = "Run N chat replicas behind nginx (rooms hashed to replicas), sharing one Redis, " \
-              "scraped by Prometheus; all on 127.0.0.1."
+DESCRIPTION = "Run N chat replicas behind nginx (rooms hashed to replicas), sharing one Redis " \
+              "(or rooms sharded over several), scraped by Prometheus; all on 127.0.0.1."
 EPILOG = """examples:
   scalechat cluster up --replicas 3            # shares the Redis on 127.0.0.1:6379
   scalechat cluster up --own-redis --port 8081 # a throwaway redis-server of its own
+  scalechat cluster up --redis-shards 3        # rooms sharded over 3 throwaway redis-servers
+  scalechat cluster up --redis-url redis://10.0.0.1:6379/0,redis://10.0.0.2:6379/0
+                                               # rooms sharded over 2 existing Redis
   scalechat cluster up --routing random        # for comparison: a room's members on any replica
   scalechat cluster status --json
   scalechat cluster down
 
 Needs Debian's nginx and prometheus (apt-get install nginx prometheus), and
-redis-server for --own-redis. State, configs and logs live in --run-dir.
+redis-server for --own-redis and --redis-shards N > 1. State, configs and logs
+live in --run-dir.
 
 exit codes:
   0  done (status: every process runs)
@@ -54,11 +58,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                     help=f"the balancer's port on 127.0.0.1; 0 picks a free one "
                          f"(default: {DEFAULT_PORT})")
     redis = up.add_mutually_exclusive_group()
-    redis.add_argument("--redis-url", default=DEFAULT_URL, metavar="URL",
+    redis.add_argument("--redis-url", metavar="URL[,URL...]",
                        help="Redis to share, under a key prefix of this run whose keys down "
-                            f"deletes (default: {DEFAULT_URL})")
+                            "deletes; a comma-separated list shards rooms over those Redis, "
+                            f"shard i on the i-th URL (default: {DEFAULT_URL})")
     redis.add_argument("--own-redis", action="store_true",
-                       help="start a throwaway redis-server (no persistence) on a free port instead")
+                       help="start throwaway redis-servers (no persistence) on free ports "
+                            "instead: one, or --redis-shards of them")
+    up.add_argument("--redis-shards", type=int, metavar="N",
+                    help=f"shard rooms over N independent Redis, 1-{MAX_SHARDS}, every replica "
+                         "getting the same ordered URL list; N > 1 starts N throwaway "
+                         "redis-servers unless --redis-url lists N URLs (default: 1, or the "
+                         "number of URLs in --redis-url)")
     up.add_argument("--redis-prefix", metavar="PREFIX",
                     help="key prefix in Redis, kept by down (default: scalechat-cluster-<random>)")
     up.add_argument("--routing", choices=[r.value for r in Routing],
@@ -79,7 +90,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     down = sub.add_parser("down", help="stop every process of the cluster",
                           description="SIGTERM the replicas and Prometheus, SIGQUIT nginx, then "
-                                      "the cluster's own Redis; SIGKILL what is left after "
+                                      "the cluster's own redis-servers; SIGKILL what is left after "
                                       "--timeout; remove the state file.")
     _run_dir(down)
     down.add_argument("--timeout", type=float, default=STOP_TIMEOUT, metavar="SECONDS",
@@ -113,7 +124,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _up(args: argparse.Namespace) -> int:
     cluster = Cluster.up(args.run_dir, args.replicas, args.port, redis_url=args.redis_url,
-                         own_redis=args.own_redis, redis_prefix=args.redis_prefix,
+                         own_redis=args.own_redis, redis_shards=args.redis_shards,
+                         redis_prefix=args.redis_prefix,
                          with_prometheus=args.with_prometheus, prometheus_port=args.prometheus_port,
                          serve_args=args.serve_args, timeout=args.timeout,
                          nginx_bin=args.nginx_bin, prometheus_bin=args.prometheus_bin,
@@ -159,9 +171,15 @@ def format_status(status: dict) -> str:
     if status["prometheus"]:
         lines.append(f"  prometheus  {status['prometheus']}  pid {procs['prometheus']['pid']}"
                      f"{state(procs['prometheus']['running'])}")
-    owner = (f"own redis-server, pid {procs['redis']['pid']}{state(procs['redis']['running'])}"
-             if procs["redis"] else "shared")
-    lines.append(f"  redis       {status['redis']}  (key prefix {status['redis_prefix']}; {owner})")
+    shards = status["redis_shards"]
+    for shard in shards:
+        label = "redis" if len(shards) == 1 else f"redis-{shard['shard']}"
+        which = f"shard {shard['shard']} of {len(shards)}; " if len(shards) > 1 else ""
+        proc = shard["process"]
+        owner = (f"own redis-server, pid {proc['pid']}{state(proc['running'])}" if proc
+                 else "shared")
+        lines.append(f"  {label:<10}  {shard['url']}  ({which}key prefix "
+                     f"{status['redis_prefix']}; {owner})")
     lines.append(f"  logs        {status['run_dir']}/logs")
     return "\n".join(lines)
 

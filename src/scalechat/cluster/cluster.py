@@ -1,4 +1,4 @@
-"""A local cluster of real components: replicas, Redis, nginx in front, Prometheus.
+"""A local cluster of real components: replicas, Redis (one or sharded), nginx, Prometheus.
 
 The same object serves ``scalechat cluster up|down|status`` and tests::
 
@@ -170,8 +170,9 @@ class Cluster:
 
     @classmethod
     def up(cls, run_dir: str | Path = DEFAULT_RUN_DIR, replicas: int = 2,
-           port: int = DEFAULT_PORT, *, redis_url: str = redis_server.DEFAULT_URL,
-           own_redis: bool = False, redis_prefix: str | None = None,
+           port: int = DEFAULT_PORT, *, redis_url: str | None = None,
+           own_redis: bool = False, redis_shards: int | None = None,
+           redis_prefix: str | None = None,
            with_prometheus: bool = True, prometheus_port: int = 0,
            serve_args: Sequence[str] = (), timeout: float = START_TIMEOUT,
            nginx_bin: str | None = None, prometheus_bin: str | None = None,
@@ -179,14 +180,19 @@ class Cluster:
         """Start a cluster and wait until it answers; see the module docstring.
 
         ``port`` and ``prometheus_port`` 0 pick free ports. Without ``own_redis`` the
-        Redis at ``redis_url`` is shared, under ``redis_prefix`` (default: a fresh
-        ``scalechat-cluster-<hex>``, whose keys ``down`` deletes). ``routing``
-        ``"random"`` spreads a room's members over replicas, for comparison with
-        the default ``"room-hash"`` (see :mod:`scalechat.cluster.nginx`).
+        Redis at ``redis_url`` (default: 127.0.0.1:6379; a comma-separated list is
+        one Redis per shard) is shared, under ``redis_prefix`` (default: a fresh
+        ``scalechat-cluster-<hex>``, whose keys ``down`` deletes). ``own_redis``
+        starts throwaway redis-servers instead (``redis_url`` is then ignored):
+        ``redis_shards`` of them, and ``redis_shards`` > 1 without ``redis_url``
+        implies it (see :func:`redis_server.plan`). ``routing`` ``"random"``
+        spreads a room's members over replicas, for comparison with the default
+        ``"room-hash"`` (see :mod:`scalechat.cluster.nginx`).
         """
         routing = _validate(replicas, port, prometheus_port, timeout, serve_args, routing)
+        redis = redis_server.plan(redis_url, own_redis, redis_shards)
         programs = find_programs(nginx_bin=nginx_bin, prometheus_bin=prometheus_bin,
-                                 with_prometheus=with_prometheus, own_redis=own_redis)
+                                 with_prometheus=with_prometheus, own_redis=redis.own > 0)
         run_dir = Path(run_dir).resolve()
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -199,15 +205,18 @@ class Cluster:
             if with_prometheus:
                 prometheus_port = prometheus_port or free_port()
                 check_port_free(prometheus_port, "Prometheus")
-            if not own_redis and not redis_server.ping(redis_url):
-                raise ClusterError(f"no Redis answers at {redis_url}: start one, give another "
-                                   "with --redis-url, or use --own-redis")
+            for shard, url in enumerate(redis.shared):
+                if not redis_server.ping(url):
+                    which = f" (shard {shard} of {redis.shards})" if redis.shards > 1 else ""
+                    raise ClusterError(f"no Redis answers at {url}{which}: start one, give another "
+                                       "with --redis-url, or use --own-redis")
             cluster = cls(ClusterState(
-                run_dir, port, redis_url, redis_prefix or f"scalechat-cluster-{secrets.token_hex(4)}",
+                run_dir, port, ",".join(redis.shared),
+                redis_prefix or f"scalechat-cluster-{secrets.token_hex(4)}",
                 prometheus_port if with_prometheus else None, drop_keys=redis_prefix is None,
                 routing=routing))
             try:
-                cluster._start(programs, replicas, own_redis, serve_args, timeout)
+                cluster._start(programs, replicas, redis.own, serve_args, timeout)
             except BaseException:
                 cluster._stop(STOP_TIMEOUT)
                 raise
@@ -229,20 +238,15 @@ class Cluster:
         self._state = state
         state.save()
 
-    def _start(self, programs: Programs, count: int, own_redis: bool,
+    def _start(self, programs: Programs, count: int, own_redis: int,
                serve_args: Sequence[str], timeout: float) -> None:
+        """Start ``own_redis`` redis-servers (0: share the state's URLs), replicas, nginx,
+        Prometheus."""
         state, logs = self._state, self._state.run_dir / "logs"
         self._save(state)
         taken = {state.port, state.prometheus_port or 0}
         if own_redis:
-            redis_port = _distinct_free_ports(1, taken)[0]
-            taken.add(redis_port)
-            proc = redis_server.start(programs.redis_server, redis_port, state.run_dir / "redis",
-                                      logs / "redis.log")
-            url = redis_server.url_for(redis_port)
-            self._save(replace(self._state, redis_url=url, redis=proc))
-            wait_until(lambda: require_running(proc) or redis_server.ping(url, 0.5), timeout,
-                       f"the cluster's redis-server at {url}")
+            self._start_redis(programs, own_redis, taken, logs, timeout)
         ports = _distinct_free_ports(2 * count, taken)
         for index in range(count):
             node, http_port, metrics_port = f"replica-{index}", ports[2 * index], ports[2 * index + 1]
@@ -263,6 +267,27 @@ class Cluster:
                                     f"{self._state.prometheus_url}/-/ready")
         _wait_ready(checks, timeout, max(deadline, time.monotonic() + 1.0))
         self._save(replace(self._state, ready=True))
+
+    def _start_redis(self, programs: Programs, shards: int, taken: set[int], logs: Path,
+                     timeout: float) -> None:
+        """One throwaway redis-server per shard; the state's URL list follows their order."""
+        ports = _distinct_free_ports(shards, taken)
+        taken.update(ports)
+        urls: list[str] = []
+        for shard, port in enumerate(ports):
+            name = f"redis-{shard}"
+            proc = redis_server.start(programs.redis_server, port, self._state.run_dir / name,
+                                      logs / f"{name}.log", name=name)
+            urls.append(redis_server.url_for(port))
+            self._save(replace(self._state, redis_url=",".join(urls),
+                               redis_servers=(*self._state.redis_servers, proc)))
+
+        def all_answer() -> bool:
+            for proc in self._state.redis_servers:
+                require_running(proc)
+            return all(redis_server.ping(url, 0.5) for url in urls)
+
+        wait_until(all_answer, timeout, f"the cluster's redis-server(s) at {', '.join(urls)}")
 
     def _start_nginx(self, programs: Programs, logs: Path) -> ProcessRecord:
         layout = nginx.NginxLayout(self._state.run_dir / "nginx", logs)
@@ -318,6 +343,8 @@ class Cluster:
         def proc(p: ProcessRecord | None) -> dict | None:
             return None if p is None else {"pid": p.pid, "running": is_running(p), "log": p.log}
 
+        own = s.redis_servers  # one per URL: the state saves each with its URL
+
         return {
             "run_dir": str(s.run_dir),
             "balancer": s.balancer,
@@ -328,10 +355,13 @@ class Cluster:
                           "running": is_running(r.process), "log": r.process.log}
                          for r in s.replicas],
             "prometheus": s.prometheus_url,
-            "redis": s.redis_url,
+            "redis": s.redis_url,  # what every replica got as --redis-url
+            "redis_shards": [{"shard": shard, "url": url,
+                              "process": proc(own[shard]) if own else None}
+                             for shard, url in enumerate(s.redis_urls)],
             "redis_prefix": s.redis_prefix,
             "processes": {"nginx": proc(s.nginx), "prometheus": proc(s.prometheus),
-                          "redis": proc(s.redis)},
+                          **{p.name: proc(p) for p in s.redis_servers}},
             "ready": s.ready,
         }
 
@@ -350,9 +380,10 @@ class Cluster:
         if s.prometheus is not None:
             first.append((s.prometheus, signal.SIGTERM))
         killed = stop(first, timeout)
-        if s.redis is not None:  # last: replicas exit cleanly while it still answers
-            killed += stop([(s.redis, signal.SIGTERM)], timeout)
+        if s.redis_servers:  # last: replicas exit cleanly while Redis still answers
+            killed += stop([(p, signal.SIGTERM) for p in s.redis_servers], timeout)
         elif s.drop_keys:
-            redis_server.delete_prefix(s.redis_url, s.redis_prefix)
+            for url in s.redis_urls:
+                redis_server.delete_prefix(url, s.redis_prefix)
         remove(s.run_dir)
         return killed

@@ -55,13 +55,13 @@ class Replica:
 class ClusterState:
     run_dir: Path
     port: int  # the balancer's
-    redis_url: str
+    redis_url: str  # every replica's --redis-url: one URL per shard, comma-separated, in order
     redis_prefix: str
     prometheus_port: int | None  # None: started without Prometheus
     replicas: tuple[Replica, ...] = ()
     nginx: ProcessRecord | None = None
     prometheus: ProcessRecord | None = None
-    redis: ProcessRecord | None = None  # only when the cluster owns its Redis
+    redis_servers: tuple[ProcessRecord, ...] = ()  # only when the cluster owns its Redis; by shard
     ready: bool = False  # false while ``up`` is still starting things
     drop_keys: bool = False  # ``down`` deletes the prefix's keys (a prefix ``up`` made up)
     routing: Routing = Routing.ROOM_HASH  # how nginx places a new WebSocket
@@ -79,9 +79,21 @@ class ClusterState:
         return None if self.prometheus_port is None else f"http://{HOST}:{self.prometheus_port}"
 
     @property
+    def redis_urls(self) -> tuple[str, ...]:
+        """The Redis of each shard, shard 0 first."""
+        return tuple(url for url in self.redis_url.split(",") if url)  # none before own ones start
+
+    @property
+    def redis(self) -> ProcessRecord | None:
+        """The cluster's own redis-server of shard 0, or None: the one Redis of an unsharded
+        cluster, for callers that know no shards (bench/scaleout.py)."""
+        return self.redis_servers[0] if self.redis_servers else None
+
+    @property
     def processes(self) -> list[ProcessRecord]:
         """Every process started, in start order (Redis first)."""
-        others = [self.redis, *(r.process for r in self.replicas), self.nginx, self.prometheus]
+        others = [*self.redis_servers, *(r.process for r in self.replicas), self.nginx,
+                  self.prometheus]
         return [p for p in others if p is not None]
 
     def running(self) -> list[ProcessRecord]:
@@ -106,7 +118,8 @@ class ClusterState:
             "prometheus_port": self.prometheus_port,
             "replicas": [r.to_dict() for r in self.replicas],
             "nginx": proc(self.nginx), "prometheus": proc(self.prometheus),
-            "redis": proc(self.redis), "drop_keys": self.drop_keys,
+            "redis_servers": [p.to_dict() for p in self.redis_servers],
+            "drop_keys": self.drop_keys,
             "routing": self.routing.value,
         }
 
@@ -114,10 +127,14 @@ class ClusterState:
     def from_dict(cls, data: dict) -> "ClusterState":
         def proc(d: dict | None) -> ProcessRecord | None:
             return None if d is None else ProcessRecord.from_dict(d)
+        if "redis_servers" in data:
+            redis_servers = tuple(ProcessRecord.from_dict(p) for p in data["redis_servers"])
+        else:  # written before sharding: at most one own redis-server, under "redis"
+            redis_servers = tuple(p for p in [proc(data["redis"])] if p is not None)
         return cls(Path(data["run_dir"]), int(data["port"]), data["redis_url"],
                    data["redis_prefix"], data["prometheus_port"],
                    tuple(Replica.from_dict(r) for r in data["replicas"]),
-                   proc(data["nginx"]), proc(data["prometheus"]), proc(data["redis"]),
+                   proc(data["nginx"]), proc(data["prometheus"]), redis_servers,
                    bool(data["ready"]), bool(data["drop_keys"]),
                    # A cluster started before routing was recorded is room-hashed.
                    Routing(data.get("routing", Routing.ROOM_HASH)))
