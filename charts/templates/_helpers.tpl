@@ -49,7 +49,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
 
-{{/* Name of the in-chart Redis StatefulSet and its Service. */}}
+{{/* Name of the in-chart Redis StatefulSet and its headless Service. */}}
 {{- define "scalechat.redisName" -}}
 {{- printf "%s-redis" (include "scalechat.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
@@ -70,7 +70,13 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{/* "true" when an external Redis is configured. */}}
 {{- define "scalechat.externalRedis" -}}
-{{- if or .Values.redis.external.url .Values.redis.external.existingSecret }}true{{ end }}
+{{- $e := .Values.redis.external }}
+{{- if or $e.url $e.urls $e.existingSecret }}true{{ end }}
+{{- end }}
+
+{{/* The external Redis given in values (not existingSecret): its shards' URLs comma-separated, in order. */}}
+{{- define "scalechat.externalRedisUrls" -}}
+{{- if .Values.redis.external.urls }}{{ join "," .Values.redis.external.urls }}{{ else }}{{ .Values.redis.external.url }}{{ end }}
 {{- end }}
 
 {{/*
@@ -105,9 +111,27 @@ operator's results, unless redis.external names one.
 {{- if and (or (eq (include "scalechat.broker" .) "redis") (include "scalechat.operatorUsesChartRedis" .)) (not (include "scalechat.externalRedis" .)) }}true{{ end }}
 {{- end }}
 
-{{/* URL of the in-chart Redis; database 0 for the chat broker, 1 for load test results. */}}
+{{/*
+Host of in-chart Redis shard .shard: the StatefulSet pod's own DNS name through the
+headless Service (the Service's name alone resolves to every shard's pod).
+*/}}
+{{- define "scalechat.inChartRedisHost" -}}
+{{- $name := include "scalechat.redisName" .root }}
+{{- printf "%s-%d.%s.%s.svc" $name (int .shard) $name .root.Release.Namespace }}
+{{- end }}
+
+{{/* URL of in-chart Redis shard .shard; database 0 for the chat broker, 1 for load test results. */}}
 {{- define "scalechat.inChartRedisUrl" -}}
-{{- printf "redis://%s:6379/%d" (include "scalechat.redisName" .root) (int .db) }}
+{{- printf "redis://%s:6379/%d" (include "scalechat.inChartRedisHost" .) (int .db) }}
+{{- end }}
+
+{{/* Every in-chart shard's URL on database .db, comma-separated, shard 0 first: the chat pods' list. */}}
+{{- define "scalechat.inChartRedisUrls" -}}
+{{- $urls := list }}
+{{- range $shard := until (int .root.Values.redis.shards) }}
+{{- $urls = append $urls (include "scalechat.inChartRedisUrl" (dict "root" $.root "db" $.db "shard" $shard)) }}
+{{- end }}
+{{- join "," $urls }}
 {{- end }}
 
 {{/* Seconds the kubelet waits after the preStop hook starts before SIGKILL. */}}
@@ -140,9 +164,9 @@ when nothing secret is set here (values from existing Secrets are referenced ins
 {{- define "scalechat.secretData" -}}
 {{- if eq (include "scalechat.broker" .) "redis" }}
 {{- if include "scalechat.inChartRedis" . }}
-SCALECHAT_REDIS_URL: {{ include "scalechat.inChartRedisUrl" (dict "root" . "db" 0) | quote }}
+SCALECHAT_REDIS_URL: {{ include "scalechat.inChartRedisUrls" (dict "root" . "db" 0) | quote }}
 {{- else if not .Values.redis.external.existingSecret }}
-SCALECHAT_REDIS_URL: {{ .Values.redis.external.url | quote }}
+SCALECHAT_REDIS_URL: {{ include "scalechat.externalRedisUrls" . | quote }}
 {{- end }}
 {{- end }}
 {{- if and .Values.chat.auth.secret (not .Values.chat.auth.existingSecret) }}
@@ -167,18 +191,25 @@ SCALECHAT_AUTH_SECRET: {{ .Values.chat.auth.secret | quote }}
 {{- if and .Values.autoscaling.enabled (gt (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) }}
 {{- fail "autoscaling.minReplicas must be <= autoscaling.maxReplicas" }}
 {{- end }}
-{{- if and (eq (include "scalechat.broker" .) "redis") .Values.redis.external.url .Values.redis.external.existingSecret }}
-{{- fail "set one of redis.external.url and redis.external.existingSecret, not both" }}
+{{- $e := .Values.redis.external }}
+{{- if gt (len (compact (list $e.url (join "," $e.urls) $e.existingSecret))) 1 }}
+{{- fail "set one of redis.external.url, redis.external.urls and redis.external.existingSecret, not several" }}
+{{- end }}
+{{- if and (gt (int .Values.redis.shards) 1) (include "scalechat.externalRedis" .) }}
+{{- fail "redis.shards sizes the in-chart Redis; an external Redis lists its shards in redis.external.urls (or comma-separated in redis.external.existingSecret)" }}
 {{- end }}
 {{- end }}
 
-{{/* stringData of the operator's Secret: the results Redis URL (unless it comes from redis.external.existingSecret). */}}
+{{/*
+stringData of the operator's Secret: the results Redis URL (unless it comes from
+redis.external.existingSecret). One Redis even when rooms are sharded: shard 0.
+*/}}
 {{- define "scalechat.operatorSecretData" -}}
 {{- if .Values.operator.redisUrl }}
 SCALECHAT_OPERATOR_REDIS_URL: {{ .Values.operator.redisUrl | quote }}
 {{- else if include "scalechat.inChartRedis" . }}
-SCALECHAT_OPERATOR_REDIS_URL: {{ include "scalechat.inChartRedisUrl" (dict "root" . "db" 1) | quote }}
+SCALECHAT_OPERATOR_REDIS_URL: {{ include "scalechat.inChartRedisUrl" (dict "root" . "db" 1 "shard" 0) | quote }}
 {{- else if not .Values.redis.external.existingSecret }}
-SCALECHAT_OPERATOR_REDIS_URL: {{ .Values.redis.external.url | quote }}
+SCALECHAT_OPERATOR_REDIS_URL: {{ first (splitList "," (include "scalechat.externalRedisUrls" .)) | quote }}
 {{- end }}
 {{- end }}

@@ -9,6 +9,7 @@ real local server.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 import re
@@ -142,9 +143,74 @@ def test_several_pods_use_redis_and_get_the_in_chart_redis(render):
     assert env["SCALECHAT_BROKER"] == "redis"
     redis = objects.one("StatefulSet", "scalechat-redis")
     service = objects.one("Service", "scalechat-redis")
-    assert env["SCALECHAT_REDIS_URL"] == f"redis://{service['metadata']['name']}:6379/0"
+    assert redis["spec"]["replicas"] == 1
+    assert env["SCALECHAT_REDIS_URL"] == "redis://scalechat-redis-0.scalechat-redis.scalechat.svc:6379/0"
     assert service["spec"]["selector"] == redis["spec"]["template"]["metadata"]["labels"]
     assert "volumeClaimTemplates" not in redis["spec"]
+
+
+def shard_hosts(redis_url: str) -> list[str]:
+    """The host of each shard in a comma-separated SCALECHAT_REDIS_URL, in order."""
+    return [url.split("://", 1)[1].rsplit(":", 1)[0] for url in redis_url.split(",")]
+
+
+def test_three_shards_render_three_standalone_redis_pods(render):
+    redis = render(values=values_file("redis-shards")).one("StatefulSet", "scalechat-redis")
+    assert redis["spec"]["replicas"] == 3
+    args = pod_spec(redis)["containers"][0]["args"]
+    assert not {"--replicaof", "--slaveof", "--cluster-enabled"} & set(args), args
+    (claim,) = redis["spec"]["volumeClaimTemplates"]  # one claim per pod: a volume per shard
+    assert claim["metadata"]["name"] == "data"
+
+
+def test_three_shards_give_every_chat_pod_a_list_of_three_ordered_urls(render):
+    objects = render(values=values_file("redis-shards"))
+    urls = chat_env(objects)["SCALECHAT_REDIS_URL"].split(",")
+    assert urls == [f"redis://scalechat-redis-{shard}.scalechat-redis.scalechat.svc:6379/0"
+                    for shard in range(3)]
+
+
+def test_each_shard_url_names_one_pod_through_the_headless_service(render):
+    objects = render(values=values_file("redis-shards"))
+    redis = objects.one("StatefulSet", "scalechat-redis")
+    service = objects.one("Service", redis["spec"]["serviceName"])
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["selector"] == redis["spec"]["template"]["metadata"]["labels"]
+    hosts = shard_hosts(chat_env(objects)["SCALECHAT_REDIS_URL"])
+    assert [host.split(".") for host in hosts] == [
+        [f"{redis['metadata']['name']}-{ordinal}", service["metadata"]["name"], "scalechat", "svc"]
+        for ordinal in range(redis["spec"]["replicas"])]
+
+
+def test_the_operator_results_stay_on_one_redis_shard_0(render):
+    objects = render(values=values_file("redis-shards"))
+    assert objects.one("Secret", "scalechat-operator")["stringData"] == {
+        "SCALECHAT_OPERATOR_REDIS_URL": "redis://scalechat-redis-0.scalechat-redis.scalechat.svc:6379/1"}
+
+
+def test_chat_pods_restart_when_the_shard_count_changes(render):
+    def checksum(*sets):
+        return render(sets=("chat.replicas=2", *sets)).one("Deployment", "scalechat")["spec"]["template"][
+            "metadata"]["annotations"]["checksum/config"]
+
+    assert checksum() != checksum("redis.shards=2")
+
+
+def test_an_external_redis_lists_its_shards_in_order(render):
+    shards = ["redis://redis-a.example:6379/0", "redis://redis-b.example:6379/0", "redis://redis-c.example:6379/2"]
+    objects = render(sets=("operator.enabled=true",), set_json=(f"redis.external.urls={json.dumps(shards)}",))
+    assert chat_env(objects)["SCALECHAT_BROKER"] == "redis"
+    assert chat_env(objects)["SCALECHAT_REDIS_URL"] == ",".join(shards)
+    assert objects.one("Secret", "scalechat-operator")["stringData"] == {"SCALECHAT_OPERATOR_REDIS_URL": shards[0]}
+    assert not objects.find("StatefulSet")
+
+
+def test_zero_shards_are_refused_by_the_schema(helm):
+    assert "at '/redis/shards': minimum: got 0, want 1" in helm.fails(sets=("redis.shards=0",))
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    values = _merge(yaml.safe_load((CHART / "values.yaml").read_text()), {"redis": {"shards": 0}})
+    with pytest.raises(jsonschema.ValidationError, match="0 is less than the minimum of 1"):
+        jsonschema.Draft7Validator(schema).validate(values)
 
 
 def test_redis_persistence_adds_a_volume_claim_template(render):
@@ -376,6 +442,11 @@ def test_routing_none_renders_neither_ingress_nor_route(render):
     (("routing.timeoutSeconds=60",), "/routing/timeoutSeconds"),
     (("chat.replica=2",), "/chat"),
     (("redis.external.url=http://redis:6379",), "/redis/external/url"),
+    (("redis.shards=0",), "/redis/shards"),
+    (("redis.shards=1.5",), "/redis/shards"),
+    (("redis.external.url=redis://a:6379/0\\,redis://b:6379/0",), "/redis/external/url"),
+    (("redis.external.urls={redis://a:6379/0,redis://a:6379/0}",), "/redis/external/urls"),
+    (("redis.external.urls={redis://a:6379/0,http://b:6379/0}",), "/redis/external/urls/1"),
 ])
 def test_the_values_schema_rejects_bad_values(helm, sets, key):
     error = helm.fails(sets=sets)
@@ -391,6 +462,12 @@ def test_lint_reports_a_bad_value_too(helm):
     (("chat.settings.historyOnJoin=2000",), "historyOnJoin (2000) must be <= chat.settings.historySize"),
     (("chat.ports.metrics=8080",), "chat.ports.http and chat.ports.metrics must differ"),
     (("autoscaling.enabled=true", "autoscaling.minReplicas=5", "autoscaling.maxReplicas=3"), "minReplicas"),
+    (("redis.external.url=redis://a:6379/0", "redis.external.urls={redis://b:6379/0}"),
+     "set one of redis.external.url, redis.external.urls and redis.external.existingSecret"),
+    (("redis.external.url=redis://a:6379/0", "redis.external.existingSecret=redis"),
+     "set one of redis.external.url, redis.external.urls and redis.external.existingSecret"),
+    (("redis.shards=2", "redis.external.urls={redis://a:6379/0,redis://b:6379/0}"),
+     "redis.shards sizes the in-chart Redis; an external Redis lists its shards in redis.external.urls"),
 ])
 def test_rules_across_values_fail_with_the_keys_named(helm, sets, message):
     assert message in helm.fails(sets=sets)
@@ -495,7 +572,7 @@ def test_the_operator_environment_is_accepted_by_its_settings(render):
         assert config.image == "scalechat:0.1.0" and config.redis_url.startswith("redis://")
     in_chart = render(values=values_file("multi-replica"))
     assert in_chart.one("Secret", "scalechat-operator")["stringData"] == {
-        "SCALECHAT_OPERATOR_REDIS_URL": "redis://scalechat-redis:6379/1"}
+        "SCALECHAT_OPERATOR_REDIS_URL": "redis://scalechat-redis-0.scalechat-redis.scalechat.svc:6379/1"}
 
 
 @pytest.mark.parametrize("name, scope", [("multi-replica", {"namespaces": ["scalechat"], "all_namespaces": False}),
@@ -534,12 +611,16 @@ def test_the_operator_watching_every_namespace_gets_a_cluster_role(render):
     ((), ["port-forward service/scalechat 8080:80", "ws://127.0.0.1:8080/ws/lobby", "broker: memory",
           "9000:9000", "helm test scalechat --namespace scalechat"]),
     (values_file("multi-replica"), ["https://chat.example.test/", "wss://chat.example.test/ws/lobby",
-                                    "broker: redis (in-chart Redis: scalechat-redis:6379)", "$uri",
+                                    "broker: redis (in-chart Redis: scalechat-redis-0.scalechat-redis.scalechat.svc:6379)",
+                                    "$uri",
                                     "ServiceMonitor scalechat", "PrometheusRule scalechat", "kubectl --namespace scalechat get loadtests",
                                     "ws://scalechat.scalechat.svc:80/ws/{room}"]),
     (values_file("gateway-api"), ["http://chat.example.test/", "ws://chat.example.test/ws/lobby?room=lobby",
                                   "broker: redis (external Redis)", "Gateway eg"]),
-], ids=["defaults", "multi-replica", "gateway-api"])
+    (values_file("redis-shards"), ["broker: redis (in-chart Redis, 3 shards: "
+                                   "scalechat-redis-0.scalechat-redis.scalechat.svc:6379 to "
+                                   "scalechat-redis-2.scalechat-redis.scalechat.svc:6379)"]),
+], ids=["defaults", "multi-replica", "gateway-api", "redis-shards"])
 def test_notes_give_commands_that_match_the_values(helm, tmp_path, values, expected):
     notes = helm.notes_with_api_versions(tmp_path, values=values, api_versions=MONITORING)
     for text in expected:
