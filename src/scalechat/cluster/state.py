@@ -85,8 +85,7 @@ class ClusterState:
 
     @property
     def redis(self) -> ProcessRecord | None:
-        """The cluster's own redis-server of shard 0, or None: the one Redis of an unsharded
-        cluster, for callers that know no shards (bench/scaleout.py)."""
+        """The cluster's own redis-server of shard 0 (its only one unless sharded), or None."""
         return self.redis_servers[0] if self.redis_servers else None
 
     @property
