@@ -105,6 +105,50 @@ class ServerProcess:
         return self.proc.returncode
 
 
+class ThrowawayRedis:
+    """A redis-server we own on a free port: no persistence, so a restart loses every key."""
+
+    def __init__(self, tmp_path: Path, *extra_args: str) -> None:
+        self.port = free_port()
+        self.dir = tmp_path
+        self.extra_args = extra_args
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> "ThrowawayRedis":
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port),
+             "--dir", str(self.dir), "--daemonize", "no", "--save", "", "--appendonly", "no",
+             "--logfile", str(self.dir / "redis.log"), *self.extra_args])
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return self
+            except OSError:
+                pass
+            assert self.proc.poll() is None, (self.dir / "redis.log").read_text()
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.02)
+
+    def command(self, *args: str) -> bytes:
+        """One command over a raw socket (inline protocol); the raw reply."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+            s.sendall(" ".join(args).encode() + b"\r\n")
+            return s.recv(1 << 16)
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+
 def healthy(url: str) -> bool:
     try:
         return urllib.request.urlopen(url + "/healthz", timeout=1).status == 200

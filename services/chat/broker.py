@@ -3,15 +3,17 @@
 Guarantee (every implementation): ``publish`` returns only after the message is
 stored in the room's history with the next seq (1, 2, 3, ... with no gaps),
 and every node subscribed to the room is then handed it through ``deliver``
-in seq order, at most once per node. If ``publish`` raises
-:class:`BrokerUnavailable` the message was not stored, except when a timeout
-hid the store's reply (Redis): it may then still appear, with its ``cid``, so a
-client that resends after ``unavailable`` should dedupe by ``cid``.
+in seq order, at most once per node. Publishing is idempotent by the sender's
+``cid``: a message whose (sender, cid) the room stored within its last
+``history_size`` seqs is not stored again; ``publish`` returns the original
+seq and payload (:class:`Published`). If ``publish`` raises
+:class:`BrokerUnavailable` the message may or may not be stored (Redis may have
+run a batch whose reply was lost), so a client resends with the same ``cid``.
 Presence events (``publish_event``) are best effort: at most once, not stored.
 
 Implementations: :mod:`scalechat.chat.broker_memory` (single process only) and
-:mod:`scalechat.chat.broker_redis` (replicas share rooms); chosen by
-``Settings.broker``.
+:mod:`scalechat.chat.broker_redis` (replicas share rooms, sharded over Redis
+instances); chosen by ``Settings.broker``.
 """
 
 from __future__ import annotations
@@ -39,6 +41,19 @@ class Draft:
     text: str
     cid: str | None
     received_at: float
+
+
+class Published:
+    """What ``publish`` stored: its seq, or for a resent ``cid`` the original one.
+
+    ``original`` is the stored message frame when this was a duplicate (None
+    otherwise, and when the original has left the history).
+    """
+
+    __slots__ = ("seq", "duplicate", "original")
+
+    def __init__(self, seq: int, original: bytes | None = None, duplicate: bool = False) -> None:
+        self.seq, self.original, self.duplicate = seq, original, duplicate or original is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,8 +88,8 @@ class Broker(Protocol):
     async def unsubscribe(self, room: str) -> None:
         """Stop delivering the room's messages (called when its last local member leaves)."""
 
-    async def publish(self, draft: Draft) -> int:
-        """Store and fan out; return the seq. Raises BrokerUnavailable."""
+    async def publish(self, draft: Draft) -> Published:
+        """Store and fan out, or recognise a resent ``cid``. Raises BrokerUnavailable."""
         ...
 
     async def publish_event(self, room: str, payload: bytes) -> None: ...

@@ -4,7 +4,8 @@ Memory is bounded: each room keeps at most ``history_size`` messages; an empty
 room is forgotten after ``room_idle_seconds``, and at most ``max_rooms`` empty
 rooms are kept (least recently active forgotten first). A forgotten or
 restarted room starts a new epoch, so a stale ``since`` is reported as lost
-continuity rather than silently resumed.
+continuity rather than silently resumed. The dedupe window of resent ``cid`` values
+covers the same ``history_size`` seqs as the history.
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ import secrets
 import time
 from collections import OrderedDict, deque
 
-from scalechat.chat.broker import Deliver, DeliverEvent, Draft, History, select_history
+from scalechat.chat.broker import Deliver, DeliverEvent, Draft, History, Published, select_history
 from scalechat.chat.protocol import encode_message
 from scalechat.chat.settings import Settings
 
 
 class _Room:
-    __slots__ = ("epoch", "seq", "entries", "subscribed", "members", "last_active")
+    __slots__ = ("epoch", "seq", "entries", "subscribed", "members", "last_active", "cids",
+                 "cid_order")
 
     def __init__(self, history_size: int, now: float) -> None:
         self.epoch = secrets.token_hex(4)
@@ -30,6 +32,8 @@ class _Room:
         self.subscribed = False
         self.members = 0
         self.last_active = now
+        self.cids: dict[str, int] = {}  # "<sender>\n<cid>" -> seq, for the last history_size seqs
+        self.cid_order: deque[tuple[int, str]] = deque()
 
 
 class MemoryBroker:
@@ -89,8 +93,16 @@ class MemoryBroker:
             state.last_active = self._clock()
             self._mark_idle(room)
 
-    async def publish(self, draft: Draft) -> int:
+    async def publish(self, draft: Draft) -> Published:
         state = self._room(draft.room)
+        if draft.cid is not None:
+            dedupe = f"{draft.sender}\n{draft.cid}"
+            original = state.cids.get(dedupe)
+            if original is not None:
+                first = state.entries[0][0] if state.entries else state.seq + 1
+                payload = state.entries[original - first][1] if original >= first else None
+                return Published(original, payload, duplicate=True)
+            self._remember(state, dedupe, state.seq + 1)
         state.seq += 1
         seq = state.seq
         payload = encode_message(draft.room, seq, state.epoch, draft.sender, draft.text,
@@ -99,7 +111,15 @@ class MemoryBroker:
         state.last_active = self._clock()
         if state.subscribed:
             self._deliver(draft.room, seq, payload, draft.received_at)
-        return seq
+        return Published(seq)
+
+    def _remember(self, state: _Room, dedupe: str, seq: int) -> None:
+        state.cids[dedupe] = seq
+        order = state.cid_order
+        order.append((seq, dedupe))
+        oldest = seq - max(1, self._settings.history_size)
+        while order[0][0] <= oldest:
+            del state.cids[order.popleft()[1]]
 
     async def publish_event(self, room: str, payload: bytes) -> None:
         state = self._rooms.get(room)

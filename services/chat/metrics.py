@@ -53,6 +53,10 @@ class Metrics:
                                 "Client frames refused, by reason.", ["reason"], registry=registry)
         for code in (*ErrorCode, "too_big", "binary", "invalid_utf8"):
             self.rejected.labels(reason=str(code))
+        self.deduplicated = Counter(
+            "scalechat_messages_deduplicated_total",
+            "Messages resent with a cid the room already stored: acknowledged with the original "
+            "seq, not stored again.", registry=registry)
         self.connections_refused = Counter(
             "scalechat_connections_refused_total", "Upgrades refused before the WebSocket opened.",
             ["reason"], registry=registry)

@@ -33,12 +33,19 @@ class Node:
         self.hub = hub
         self.name = settings.node_name
         self._closing: set[asyncio.Task] = set()
+        self._joined: set[Connection] = set()  # joined and not yet left: leave() runs once each
+        self._left = asyncio.Event()  # set whenever the last joined connection has left
+        self._left.set()
         self._room_locks: dict[str, list] = {}  # room -> [lock, users]
 
     async def start(self) -> None:
         await self.broker.start(self._deliver, self._deliver_event)
 
-    async def close(self) -> None:
+    async def close(self, timeout: float = 5.0) -> None:
+        """Close the broker once every joined connection has left (leaves announced first)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._left.wait()
         await self.broker.close()
 
     # --- broker callbacks ---------------------------------------------------------
@@ -60,6 +67,8 @@ class Node:
     async def join(self, conn: Connection, since: int | None, epoch: str | None) -> None:
         """Add ``conn``: history first, then live messages, with no gap and no repeat."""
         conn.hold()
+        self._joined.add(conn)
+        self._left.clear()
         async with self._room_lock(conn.room):
             if self.hub.add(conn) == 1:
                 await self.broker.subscribe(conn.room)
@@ -70,10 +79,18 @@ class Node:
         await self._announce(conn, "join", +1)
 
     async def leave(self, conn: Connection) -> None:
-        async with self._room_lock(conn.room):
-            if self.hub.remove(conn) == 0:
-                await self.broker.unsubscribe(conn.room)
-        await self._announce(conn, "leave", -1)
+        """Undo ``join`` (at most once per connection, whoever calls first)."""
+        if conn not in self._joined:
+            return
+        self._joined.discard(conn)
+        try:
+            async with self._room_lock(conn.room):
+                if self.hub.remove(conn) == 0:
+                    await self.broker.unsubscribe(conn.room)
+            await self._announce(conn, "leave", -1)
+        finally:
+            if not self._joined:
+                self._left.set()
 
     @contextlib.asynccontextmanager
     async def _room_lock(self, room: str) -> AsyncIterator[None]:
@@ -114,10 +131,18 @@ class Node:
             self._reject(conn, exc.code, exc.reason, extract_cid(text))
             return None
         try:
-            await self.broker.publish(Draft(conn.room, conn.name, request.text, request.cid, received_at))
+            published = await self.broker.publish(
+                Draft(conn.room, conn.name, request.text, request.cid, received_at))
         except BrokerUnavailable:
-            self._reject(conn, ErrorCode.UNAVAILABLE,
-                         "message not stored: the broker is unavailable; retry later", request.cid)
+            self._reject(conn, ErrorCode.UNAVAILABLE, "message maybe not stored: the broker is "
+                         "unavailable; resend it with the same cid", request.cid)
+            return None
+        if published.duplicate:
+            # A resent cid: acknowledge with the stored message (its original seq), to the
+            # sender alone; the room saw it once.
+            self.metrics.deduplicated.inc()
+            if published.original is not None:
+                conn.push(frame_text(published.original), published.seq)
             return None
         self.metrics.received += 1
         return None
@@ -155,7 +180,11 @@ class Node:
                 conn.transport.abort()
 
     async def close_all(self, code: CloseCode, reason: str, timeout: float) -> None:
-        conns = self.hub.connections()
+        """Close every socket and announce its leave while the broker is still up."""
+        async def close_and_leave(conn: Connection) -> None:
+            await self.close_connection(conn, code, reason, timeout)
+            await self.leave(conn)
+
+        conns = list(self._joined)
         if conns:
-            await asyncio.gather(*(self.close_connection(c, code, reason, timeout) for c in conns),
-                                 return_exceptions=True)
+            await asyncio.gather(*(close_and_leave(c) for c in conns), return_exceptions=True)

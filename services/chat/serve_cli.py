@@ -18,6 +18,9 @@ def run(args: argparse.Namespace) -> int:
     from scalechat.chat.server import run as serve
     try:
         serve(settings)
+    except SettingsError as exc:  # found at start-up (a Redis Cluster node as a shard)
+        print(f"scalechat serve: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"scalechat serve: cannot listen on {settings.host}:{settings.port} "
               f"or metrics port {settings.metrics_port}: {exc.strerror or exc}", file=sys.stderr)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from scalechat.chat.errors import SettingsError
+from scalechat.chat.redis_link import RedisAddress
 
 ENV_PREFIX = "SCALECHAT_"
 BROKERS = ("memory", "redis")
@@ -47,7 +48,10 @@ class Settings:
     broker: str = _setting(
         "memory", "Message broker: 'memory' (single process only) or 'redis' (replicas share rooms).",
         choices=BROKERS)
-    redis_url: str = _setting("redis://127.0.0.1:6379/0", "Redis URL, used when broker=redis.")
+    redis_url: str = _setting(
+        "redis://127.0.0.1:6379/0", "Redis URL, used when broker=redis; a comma-separated list "
+        "shards rooms over several Redis instances (every replica needs the same list, in the "
+        "same order).")
     redis_prefix: str = _setting("scalechat", "Prefix of every Redis key and channel.")
     history_size: int = _setting(
         1000, "Messages kept per room; older ones are dropped. Memory per room is bounded by "
@@ -117,6 +121,7 @@ class Settings:
             raise SettingsError(name, "must be <= 65535")
         if self.history_on_join > self.history_size:
             raise SettingsError("history_on_join", "must be <= history_size")
+        redis_addresses(self.redis_url)
 
     @property
     def node_name(self) -> str:
@@ -149,8 +154,24 @@ class Settings:
             value = getattr(self, f.name)
             if f.metadata["secret"]:
                 value = "***" if value else ""
+            elif f.name == "redis_url":
+                value = ",".join(str(a) for a in redis_addresses(value))  # no passwords
             out[f.name] = list(value) if isinstance(value, tuple) else value
         return out
+
+
+def redis_addresses(redis_url: str) -> list[RedisAddress]:
+    """The shards listed in ``redis_url`` (comma-separated), in order; SettingsError if malformed."""
+    urls = [u.strip() for u in redis_url.split(",")]
+    if not all(urls):
+        raise SettingsError("redis_url", f"an empty entry in {redis_url!r}")
+    try:
+        addresses = [RedisAddress.parse(u) for u in urls]
+    except ValueError as exc:
+        raise SettingsError("redis_url", str(exc)) from None
+    if len(set(addresses)) != len(addresses):
+        raise SettingsError("redis_url", "a Redis instance is listed twice")
+    return addresses
 
 
 def env_var(name: str) -> str:

@@ -32,7 +32,7 @@ async def broker():
 
 
 async def publish(b, room, text):
-    return await b.publish(Draft(room, "alice", text, None, 0.0))
+    return (await b.publish(Draft(room, "alice", text, None, 0.0))).seq
 
 
 def seqs(history):

@@ -20,11 +20,12 @@ import aiohttp
 import orjson
 import pytest
 
-from support import eventually, free_port
+from support import ThrowawayRedis, eventually, free_port
 from redis.asyncio import Redis
 
 from scalechat.chat.broker import Draft
-from scalechat.chat.broker_redis import RoomKeys, RedisBroker
+from scalechat.chat.broker_redis import RedisBroker
+from scalechat.chat.redis_shard import RoomKeys
 from scalechat.chat.errors import BrokerUnavailable
 from scalechat.chat.protocol import encode_message
 from scalechat.chat.settings import Settings
@@ -58,7 +59,7 @@ class Recorder:
 
 async def publish(broker: RedisBroker, room: str, text: str, sender: str = "alice",
                   cid: str | None = None) -> int:
-    return await broker.publish(Draft(room, sender, text, cid, time.perf_counter()))
+    return (await broker.publish(Draft(room, sender, text, cid, time.perf_counter()))).seq
 
 
 def seqs(history) -> list[int]:
@@ -144,7 +145,7 @@ async def test_a_replica_receives_only_the_rooms_it_subscribed(make_broker, redi
     (a, rec_a), (c, rec_c) = await make_broker(), await make_broker()
     await a.subscribe("busy")
     await c.subscribe("quiet")
-    busy, quiet = RoomKeys.of(prefix, "busy").channel, RoomKeys.of(prefix, "quiet").channel
+    busy, quiet = RoomKeys(prefix, "busy").channel, RoomKeys(prefix, "quiet").channel
     assert dict(await redis.pubsub_numsub(busy, quiet)) == {busy.encode(): 1, quiet.encode(): 1}
     for i in range(10):
         await publish(a, "busy", f"m{i}")
@@ -191,7 +192,7 @@ async def test_the_stream_stays_capped_at_history_size(make_broker, redis, prefi
     broker, _ = await make_broker(history_size=5, history_on_join=5)
     for i in range(12):
         await publish(broker, "cap", str(i))
-    assert await redis.xlen(RoomKeys.of(prefix, "cap").stream) == 5
+    assert await redis.xlen(RoomKeys(prefix, "cap").stream) == 5
     latest = await broker.history("cap", None, None, 5)
     assert seqs(latest) == [8, 9, 10, 11, 12]
     assert seqs(await broker.history("cap", 7, latest.epoch, 5)) == [8, 9, 10, 11, 12]
@@ -208,7 +209,7 @@ async def test_a_lost_pubsub_message_is_backfilled_from_the_stream(make_broker, 
     await publish(broker, "gap", "one")
     await eventually(lambda: rec.seqs("gap") == [1])
     # Store seq 2 the way publish does, but without its PUBLISH: a lost notification.
-    keys = RoomKeys.of(prefix, "gap")
+    keys = RoomKeys(prefix, "gap")
     epoch = (await redis.get(keys.epoch)).decode()
     lost = encode_message("gap", 2, epoch, "bob", "lost", 1, None)
     assert await redis.incr(keys.seq) == 2
@@ -224,7 +225,7 @@ async def test_reconnect_resubscribes_and_backfills_what_was_missed(make_broker,
     await sub.subscribe("rc")
     await publish(pub, "rc", "before")
     await eventually(lambda: rec.seqs("rc") == [1])
-    name = f"{prefix}:pubsub:replica-0"
+    name = f"{prefix}:pubsub:replica-0:0"  # <prefix>:pubsub:<node>:<shard>
     [client] = [c for c in await redis.client_list(_type="pubsub") if c["name"] == name]
     await redis.client_kill_filter(_id=client["id"])
     for i in range(3):  # published while sub's pub/sub connection is gone
@@ -243,7 +244,7 @@ async def test_lost_room_data_restarts_seq_tracking_instead_of_dropping(make_bro
     for text in ("one", "two"):
         await publish(pub, "wiped", text)
     await eventually(lambda: rec.seqs("wiped") == [1, 2])
-    await redis.delete(*RoomKeys.of(prefix, "wiped").stored)  # eviction, FLUSHALL, failover
+    await redis.delete(*RoomKeys(prefix, "wiped").stored)  # eviction, FLUSHALL, failover
     for text in ("new one", "new two", "new three"):
         await publish(pub, "wiped", text)
     await eventually(lambda: len(rec.seqs("wiped")) >= 5, message="the new epoch's messages")
@@ -300,11 +301,12 @@ async def test_a_replica_that_stops_renewing_drops_out_of_the_count(make_broker,
     live, _ = await make_broker()
     settings = Settings(broker="redis", redis_url=REDIS_URL, redis_prefix=prefix, node_id="doomed")
     doomed = RedisBroker(settings)
-    doomed._lease_ms = 800
     await doomed.start(Recorder().deliver, Recorder().deliver_event)
+    [shard] = doomed._shards
+    shard._lease_ms = 800
     assert await doomed.presence("crash", +1) == 1
     assert await doomed.presence("crash", +1) == 2
-    for task in doomed._tasks:  # the process dies: no more renewals, no leaves
+    for task in shard._tasks:  # the process dies: no more renewals, no leaves
         task.cancel()
     assert await live.presence("crash", +1) == 3
     await asyncio.sleep(1.2)  # past the doomed lease; the live one (15 s) holds
@@ -330,14 +332,14 @@ async def test_idle_rooms_expire_and_come_back_with_a_new_epoch(make_broker, red
     await publish(broker, "kept", "x")
     await publish(broker, "idle", "x")
     old = await broker.history("idle", None, None, 10)
-    idle = RoomKeys.of(prefix, "idle")
+    idle = RoomKeys(prefix, "idle")
     assert 0 < await redis.pttl(idle.stream) <= 1000
     deadline = time.monotonic() + 5
     while await redis.exists(idle.epoch, idle.seq, idle.stream):
         assert time.monotonic() < deadline, "idle room never expired"
         await asyncio.sleep(0.05)
     # Both rooms were last written together: only renewal keeps "kept" alive.
-    kept = RoomKeys.of(prefix, "kept")
+    kept = RoomKeys(prefix, "kept")
     assert await redis.exists(kept.epoch, kept.seq, kept.stream) == 3
     again = await broker.history("idle", 1, old.epoch, 10)
     assert again.continuity_lost and again.epoch != old.epoch and again.last_seq == 0
@@ -345,42 +347,6 @@ async def test_idle_rooms_expire_and_come_back_with_a_new_epoch(make_broker, red
 
 
 # --- Redis outages --------------------------------------------------------------------
-
-
-class ThrowawayRedis:
-    """A redis-server we own: no persistence, so a restart loses every key."""
-
-    def __init__(self, tmp_path) -> None:
-        self.port = free_port()
-        self.dir = tmp_path
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port),
-             "--dir", str(self.dir), "--daemonize", "no", "--save", "", "--appendonly", "no",
-             "--logfile", str(self.dir / "redis.log")])
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
-                pass
-            assert self.proc.poll() is None, (self.dir / "redis.log").read_text()
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.02)
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
 
 
 @pytest.fixture
@@ -430,6 +396,97 @@ async def test_start_without_redis_is_not_ready_and_publish_fails_fast(make_brok
     assert time.monotonic() - started < 2.5
 
 
+# --- batching, bursts, idempotent resends ----------------------------------------------
+
+
+def evalsha_calls(redis: ThrowawayRedis) -> int:
+    stats = redis.command("INFO", "commandstats").decode()
+    for line in stats.splitlines():
+        if line.startswith("cmdstat_evalsha:"):
+            return int(line.split("calls=")[1].split(",")[0])
+    return 0
+
+
+async def test_messages_of_one_tick_reach_redis_in_one_script_call(make_broker, throwaway_redis):
+    throwaway_redis.start()
+    broker, rec = await make_broker(redis_url=throwaway_redis.url)
+    for room in ("a", "b", "c"):
+        await broker.subscribe(room)
+    before = evalsha_calls(throwaway_redis)
+    seqs = await asyncio.gather(*(publish(broker, room, f"{room}{i}")
+                                  for i in range(50) for room in ("a", "b", "c")))
+    assert evalsha_calls(throwaway_redis) == before + 1  # 150 messages, 3 rooms, one round trip
+    assert seqs == [i + 1 for i in range(50) for _ in range(3)]
+    await eventually(lambda: all(rec.seqs(r) == list(range(1, 51)) for r in "abc"))
+    assert [orjson.loads(p)["text"] for p in rec.payloads("b")] == [f"b{i}" for i in range(50)]
+
+
+async def test_a_burst_beyond_any_pool_size_is_never_refused(make_broker):
+    # 2,000 publishes in flight at once (a busy replica's tick, or 2,000 senders waiting on
+    # one slow reply): one pipelined connection, no pool to exhaust, nothing refused.
+    broker, rec = await make_broker()
+    await broker.subscribe("burst")
+    results = await asyncio.gather(*(publish(broker, "burst", str(i)) for i in range(2000)),
+                                   return_exceptions=True)
+    assert results == list(range(1, 2001))
+    await eventually(lambda: rec.seqs("burst") == list(range(1, 2001)))
+
+
+async def test_a_resent_cid_is_acknowledged_with_the_original_and_stored_once(make_broker, redis,
+                                                                              prefix):
+    broker, rec = await make_broker()
+    await broker.subscribe("idem")
+    first = await broker.publish(Draft("idem", "alice", "hi", "c-1", time.perf_counter()))
+    again = await broker.publish(Draft("idem", "alice", "hi", "c-1", time.perf_counter()))
+    other = await broker.publish(Draft("idem", "bob", "hi", "c-1", time.perf_counter()))
+    assert (first.seq, first.duplicate) == (1, False)
+    assert (again.seq, again.duplicate) == (1, True)
+    assert orjson.loads(again.original) == {**orjson.loads(rec.payloads("idem")[0]), "cid": "c-1"}
+    assert (other.seq, other.duplicate) == (2, False)  # a cid is the sender's own
+    await eventually(lambda: rec.seqs("idem") == [1, 2])
+    assert await redis.xlen(RoomKeys(prefix, "idem").stream) == 2
+
+
+async def test_the_dedupe_window_is_bounded_to_history_size(make_broker, redis, prefix):
+    broker, _ = await make_broker(history_size=5, history_on_join=5)
+    for i in range(12):
+        await broker.publish(Draft("win", "alice", str(i), f"c{i}", time.perf_counter()))
+    assert await redis.zcard(RoomKeys(prefix, "win").cids) == 5
+    old = await broker.publish(Draft("win", "alice", "0", "c0", time.perf_counter()))
+    assert (old.seq, old.duplicate) == (13, False)  # out of the window: a new message
+
+
+async def test_unavailable_during_a_stall_then_a_resend_is_not_stored_twice(make_broker, tmp_path):
+    # Redis stalls (DEBUG SLEEP) longer than the deadline: the publish is reported unavailable
+    # although Redis runs it once awake. The client's resend with the same cid must not
+    # store it a second time.
+    redis = ThrowawayRedis(tmp_path, "--enable-debug-command", "yes").start()
+    try:
+        broker, rec = await make_broker(redis_url=redis.url)
+        await broker.subscribe("stall")
+        sleeper = asyncio.create_task(asyncio.to_thread(redis.command, "DEBUG", "SLEEP", "2.5"))
+        await asyncio.sleep(0.2)
+        with pytest.raises(BrokerUnavailable):
+            await broker.publish(Draft("stall", "alice", "once", "c-9", time.perf_counter()))
+        await sleeper
+        resent = await eventually(lambda: _try_publish(broker, Draft("stall", "alice", "once",
+                                                                     "c-9", time.perf_counter())),
+                                  10, "the broker to reconnect after the stall")
+        assert (resent.seq, resent.duplicate) == (1, True)
+        await eventually(lambda: rec.seqs("stall") == [1])
+        history = await broker.history("stall", None, None, 10)
+        assert [orjson.loads(p)["text"] for p in history.messages] == ["once"]
+    finally:
+        redis.kill()
+
+
+async def _try_publish(broker, draft):
+    try:
+        return await broker.publish(draft)
+    except BrokerUnavailable:
+        return None
+
+
 # --- two real replicas ----------------------------------------------------------------
 
 
@@ -473,3 +530,62 @@ async def test_two_servers_share_a_room_in_one_order(prefix, start_server):
         assert [m["seq"] for m in resumed["messages"]] == list(range(21, 31))
         for ws in (alice, bob, late):
             await ws.close()
+
+
+async def test_a_resend_through_the_server_is_acknowledged_to_the_sender_alone(prefix, start_server):
+    server = start_server("--broker", "redis", "--redis-url", REDIS_URL, "--redis-prefix", prefix)
+    async with aiohttp.ClientSession() as http:
+        alice = await http.ws_connect(server.ws_url("idem", "name=alice"))
+        bob = await http.ws_connect(server.ws_url("idem", "name=bob"))
+        for ws in (alice, bob):
+            await _frame(ws, "history")
+        for _ in range(2):  # the resend, as after an `unavailable` whose message was stored
+            await alice.send_json({"type": "message", "text": "once", "cid": "k1"})
+        await alice.send_json({"type": "message", "text": "next", "cid": "k2"})
+        to_alice = [await _frame(alice, "message") for _ in range(3)]
+        assert [(m["seq"], m["cid"]) for m in to_alice] == [(1, "k1"), (1, "k1"), (2, "k2")]
+        to_bob = [await _frame(bob, "message") for _ in range(2)]
+        assert [(m["seq"], m["text"]) for m in to_bob] == [(1, "once"), (2, "next")]
+        for ws in (alice, bob):
+            await ws.close()
+    assert server.metric("scalechat_messages_deduplicated_total") == 1
+    assert server.metric("scalechat_messages_received_total") == 2
+
+
+async def test_shutdown_announces_every_leave_before_the_broker_closes(prefix, start_server, redis):
+    server = start_server("--broker", "redis", "--redis-url", REDIS_URL, "--redis-prefix", prefix)
+    watcher_server = start_server("--broker", "redis", "--redis-url", REDIS_URL,
+                                  "--redis-prefix", prefix)
+    members = f"{prefix}:room:{{bye}}:members"
+    async with aiohttp.ClientSession() as http:
+        watcher = await http.ws_connect(watcher_server.ws_url("bye", "name=watcher"))
+        await _frame(watcher, "history")
+        leaving = []
+        for i in range(3):
+            ws = await http.ws_connect(server.ws_url("bye", f"name=u{i}"))
+            await _frame(ws, "history")
+            leaving.append(ws)
+        await eventually(lambda: redis.hlen(members), 5, "presence in Redis")
+        assert server.stop() == 0
+        for ws in leaving:
+            while (await ws.receive(timeout=5)).type is aiohttp.WSMsgType.TEXT:
+                pass  # presence frames queued before the close
+            assert ws.close_code == 1001
+        leaves = []
+        while len(leaves) < 3:
+            frame = await _frame(watcher, "presence")
+            if frame["event"] == "leave":
+                leaves.append(frame)
+        assert sorted(f["name"] for f in leaves) == ["u0", "u1", "u2"]
+        assert leaves[-1]["count"] == 1  # the watcher alone
+        await watcher.close()
+    assert "not announced" not in server.log()
+    assert "broker unavailable" not in server.log()
+
+
+async def _frame(ws, kind: str) -> dict:
+    async with asyncio.timeout(5):
+        while True:
+            frame = await ws.receive_json()
+            if frame["type"] == kind:
+                return frame
