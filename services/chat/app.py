@@ -108,9 +108,14 @@ async def readyz(request: web.Request) -> web.Response:
     state, node = request.app[state_key], request.app[node_key]
     if state["draining"]:
         return web.json_response({"ready": False, "reason": "shutting down"}, status=503)
+    # With Redis shards: ready while any shard is up (the others' rooms get 'unavailable';
+    # taking every replica out of service would not help them); "shards_up" says which.
+    shards = getattr(node.broker, "shards_up", None)
+    detail = {} if shards is None else {"shards_up": shards}
     if not node.broker.ready:
-        return web.json_response({"ready": False, "reason": "broker unavailable"}, status=503)
-    return web.json_response({"ready": True})
+        return web.json_response({"ready": False, "reason": "broker unavailable", **detail},
+                                 status=503)
+    return web.json_response({"ready": True, **detail})
 
 
 async def info(request: web.Request) -> web.Response:

@@ -136,6 +136,11 @@ async def test_a_server_on_two_shards_chats_in_rooms_of_both(two_redis, start_se
             await ws.close()
     info = orjson.loads(await asyncio.to_thread(_get, server.http_url + "/info"))
     assert info["settings"]["redis_url"] == url  # no password here to mask
+    ready = orjson.loads(await asyncio.to_thread(_get, server.http_url + "/readyz"))
+    assert ready == {"ready": True, "shards_up": [True, True]}
+    two_redis[1].kill()
+    await eventually(lambda: orjson.loads(_get(server.http_url + "/readyz"))["shards_up"]
+                     == [True, False], 5, "readyz to show shard 1 down")
 
 
 async def _next(ws, kind: str) -> dict:
