@@ -5,7 +5,7 @@ stored in the room's history with the next seq (1, 2, 3, ... with no gaps),
 and every node subscribed to the room is then handed it through ``deliver``
 in seq order, at most once per node. Publishing is idempotent by the sender's
 ``cid``: a message whose (sender, cid) the room stored within its last
-``history_size`` seqs is not stored again; ``publish`` returns the original
+``history_size`` seqs (none with ``history_size`` 0) is not stored again; ``publish`` returns the original
 seq and payload (:class:`Published`). If ``publish`` raises
 :class:`BrokerUnavailable` the message may or may not be stored (Redis may have
 run a batch whose reply was lost), so a client resends with the same ``cid``.

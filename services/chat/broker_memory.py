@@ -95,10 +95,10 @@ class MemoryBroker:
 
     async def publish(self, draft: Draft) -> Published:
         state = self._room(draft.room)
-        if draft.cid is not None:
+        if draft.cid is not None and self._settings.history_size:
             dedupe = f"{draft.sender}\n{draft.cid}"
             original = state.cids.get(dedupe)
-            if original is not None:
+            if original is not None and original > state.seq - self._settings.history_size:
                 first = state.entries[0][0] if state.entries else state.seq + 1
                 payload = state.entries[original - first][1] if original >= first else None
                 return Published(original, payload, duplicate=True)
@@ -114,10 +114,12 @@ class MemoryBroker:
         return Published(seq)
 
     def _remember(self, state: _Room, dedupe: str, seq: int) -> None:
-        state.cids[dedupe] = seq
         order = state.cid_order
+        if dedupe in state.cids:  # out of the window but not yet pruned: forget the old entry
+            order.remove((state.cids[dedupe], dedupe))
+        state.cids[dedupe] = seq
         order.append((seq, dedupe))
-        oldest = seq - max(1, self._settings.history_size)
+        oldest = seq - self._settings.history_size
         while order[0][0] <= oldest:
             del state.cids[order.popleft()[1]]
 

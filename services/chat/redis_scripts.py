@@ -33,14 +33,21 @@ class Script:
 
 # Publish a batch of messages to one or more rooms (all on this Redis), atomically.
 # KEYS, 4 per room: epoch, seq, stream, cids.
-# ARGV: 1 ttl ms, 2 history_size, 3 dedupe window (seqs), then per room:
+# ARGV: 1 ttl ms, 2 history_size, 3 dedupe window (seqs; 0: none), then per room:
 #   candidate epoch (Python draws it: Lua's random is deterministic), channel, n,
 #   then n x (head, middle, tail, dedupe key or ''): the JSON around seq/id/ts, pre-encoded
 #   by orjson, so a payload is byte-for-byte protocol.encode_message.
 # Returns one entry per message in argument order: its new seq, or for a duplicate
-# {original seq, original payload or ''} (the payload is '' once trimmed).
-# XADD comes before the seq is written: Redis does not roll a failed script back,
-# and a failed XADD must not leave a seq without its message.
+# {original seq, original payload}.
+#
+# Redis spends most of a script's time per redis.call, so the message path makes
+# few: per message XADD (and ZADD NX with a dedupe key: one call both tests and
+# records it); per room MGET, SET and PUBLISH. The dedupe window is trimmed, and
+# the keys' expiry renewed, once per 64 seqs (and by each subscribed replica's
+# renewal loop), so the zset holds at most window + 64 members; a member older
+# than the window is treated as absent. XADD comes before the seq is written: Redis
+# does not roll a failed script back, and a failed XADD must not leave a seq
+# without its message.
 PUBLISH = Script("publish", """
 local ttl, cap, window = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local t = redis.call('TIME')
@@ -49,11 +56,12 @@ local out = {}
 local a = 4
 for r = 0, #KEYS / 4 - 1 do
   local kepoch, kseq, kstream, kcids = KEYS[4 * r + 1], KEYS[4 * r + 2], KEYS[4 * r + 3], KEYS[4 * r + 4]
-  local epoch = redis.call('GET', kepoch)
-  local seq = redis.call('GET', kseq)
-  if not epoch or not seq then
+  local state = redis.call('MGET', kepoch, kseq)
+  local epoch, seq = state[1], state[2]
+  local fresh = not epoch or not seq
+  if fresh then
     epoch, seq = ARGV[a], 0
-    redis.call('SET', kepoch, epoch)
+    redis.call('SET', kepoch, epoch, 'PX', ttl)
     redis.call('DEL', kstream, kcids)
   else
     seq = tonumber(seq)
@@ -64,16 +72,21 @@ for r = 0, #KEYS / 4 - 1 do
   for i = 1, n do
     local dedupe = ARGV[a + 3]
     local original = false
-    if dedupe ~= '' then original = redis.call('ZSCORE', kcids, dedupe) end
+    if dedupe ~= '' and redis.call('ZADD', kcids, 'NX', seq + 1, dedupe) == 0 then
+      original = tonumber(redis.call('ZSCORE', kcids, dedupe))
+      if original <= seq - window then  -- out of the window: a new message after all
+        redis.call('ZADD', kcids, seq + 1, dedupe)
+        original = false
+      end
+    end
     if original then
       local entry = redis.call('XRANGE', kstream, original .. '-0', original .. '-0')
-      out[#out + 1] = {tonumber(original), entry[1] and entry[1][2][2] or ''}
+      out[#out + 1] = {original, entry[1] and entry[1][2][2] or ''}
     else
       seq = seq + 1
       local payload = ARGV[a] .. seq .. ',"id":"' .. epoch .. '-' .. seq .. '"' .. ARGV[a + 1]
         .. ',"ts":' .. ts .. ARGV[a + 2]
       redis.call('XADD', kstream, 'MAXLEN', cap, seq .. '-0', 'payload', payload)
-      if dedupe ~= '' then redis.call('ZADD', kcids, seq, dedupe) end
       frames[#frames + 1] = payload
       out[#out + 1] = seq
     end
@@ -81,14 +94,14 @@ for r = 0, #KEYS / 4 - 1 do
   end
   if #frames > 0 then
     redis.call('SET', kseq, seq, 'PX', ttl)
-    redis.call('ZREMRANGEBYSCORE', kcids, '-inf', seq - window)
+    if fresh or math.floor(seq / 64) ~= math.floor((first - 1) / 64) then
+      if window > 0 then redis.call('ZREMRANGEBYSCORE', kcids, '-inf', seq - window) end
+      redis.call('PEXPIRE', kepoch, ttl)
+      redis.call('PEXPIRE', kstream, ttl)
+      redis.call('PEXPIRE', kcids, ttl)
+    end
     redis.call('PUBLISH', channel, 'm' .. first .. ' ' .. epoch .. ' ' .. table.concat(frames, '\\n'))
-  else
-    redis.call('PEXPIRE', kseq, ttl)
   end
-  redis.call('PEXPIRE', kepoch, ttl)
-  redis.call('PEXPIRE', kstream, ttl)
-  redis.call('PEXPIRE', kcids, ttl)
 end
 return out
 """)

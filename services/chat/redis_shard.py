@@ -119,7 +119,7 @@ class RedisShard:
         self._prefix = settings.redis_prefix
         self._ttl_ms = max(MIN_TTL_MS, int(settings.room_idle_seconds * 1000))
         self._lease_ms = int(PRESENCE_LEASE * 1000)
-        self._window = max(1, settings.history_size)
+        self._window = settings.history_size  # the dedupe window; 0: no dedupe
         self._deliver, self._deliver_event = deliver, deliver_event
         self._cmd: RedisLink | None = None  # the command connection while it is up
         self._sub_link: RedisLink | None = None  # the pub/sub connection while it is up
@@ -305,7 +305,7 @@ class RedisShard:
             for draft, future in items:
                 args += (head, b',"from":' + dumps(draft.sender) + b',"text":' + dumps(draft.text),
                          b',"cid":' + dumps(draft.cid) + b"}",
-                         f"{draft.sender}\n{draft.cid}" if draft.cid else b"")
+                         f"{draft.sender}\n{draft.cid}" if draft.cid and self._window else b"")
                 order.append(future)
         return pack_command(("EVALSHA", PUBLISH.sha, len(keys), *keys, *args)), order
 

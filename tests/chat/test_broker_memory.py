@@ -117,3 +117,18 @@ async def test_rooms_with_members_are_never_forgotten(broker):
     broker.sweep()
     assert (await broker.history("a", None, None, 1)).epoch
     assert await publish(broker, "a", "still here") == 1
+
+
+async def test_a_resent_cid_is_acknowledged_with_the_original_within_the_window(broker):
+    await broker.subscribe("idem")
+    first = await broker.publish(Draft("idem", "alice", "hi", "c1", 0.0))
+    again = await broker.publish(Draft("idem", "alice", "hi", "c1", 0.0))
+    other = await broker.publish(Draft("idem", "bob", "hi", "c1", 0.0))
+    assert (first.seq, first.duplicate, again.seq, again.duplicate) == (1, False, 1, True)
+    assert again.original == (await broker.history("idem", 0, None, 10)).messages[0]
+    assert (other.seq, other.duplicate) == (2, False)  # a cid is the sender's own
+    history_size = 5  # the fixture's
+    for i in range(history_size):
+        await publish(broker, "idem", str(i))
+    late = await broker.publish(Draft("idem", "alice", "hi", "c1", 0.0))
+    assert (late.seq, late.duplicate) == (history_size + 3, False)  # out of the window

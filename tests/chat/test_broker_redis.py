@@ -447,13 +447,22 @@ async def test_a_resent_cid_is_acknowledged_with_the_original_and_stored_once(ma
     assert await redis.xlen(RoomKeys(prefix, "idem").stream) == 2
 
 
-async def test_the_dedupe_window_is_bounded_to_history_size(make_broker, redis, prefix):
+async def test_the_dedupe_window_is_the_last_history_size_seqs(make_broker, redis, prefix):
     broker, _ = await make_broker(history_size=5, history_on_join=5)
-    for i in range(12):
+    for i in range(200):
         await broker.publish(Draft("win", "alice", str(i), f"c{i}", time.perf_counter()))
-    assert await redis.zcard(RoomKeys(prefix, "win").cids) == 5
-    old = await broker.publish(Draft("win", "alice", "0", "c0", time.perf_counter()))
-    assert (old.seq, old.duplicate) == (13, False)  # out of the window: a new message
+    assert await redis.zcard(RoomKeys(prefix, "win").cids) <= 5 + 64  # trimmed every 64 seqs
+    recent = await broker.publish(Draft("win", "alice", "196", "c196", time.perf_counter()))
+    assert (recent.seq, recent.duplicate) == (197, True)
+    old = await broker.publish(Draft("win", "alice", "190", "c190", time.perf_counter()))
+    assert (old.seq, old.duplicate) == (201, False)  # seq 191 is out of the window: a new message
+
+
+async def test_history_size_0_keeps_no_dedupe_window(make_broker):
+    broker, _ = await make_broker(history_size=0, history_on_join=0)
+    seqs = [(await broker.publish(Draft("none", "a", "x", "same", time.perf_counter()))).seq
+            for _ in range(2)]
+    assert seqs == [1, 2]
 
 
 async def test_unavailable_during_a_stall_then_a_resend_is_not_stored_twice(make_broker, tmp_path):

@@ -15,7 +15,7 @@ import orjson
 import pytest
 import redis as redis_sync
 
-from support import SCALECHAT, ThrowawayRedis, eventually
+from support import SCALECHAT, ThrowawayRedis, eventually, free_port
 
 from scalechat.chat.broker import Draft
 from scalechat.chat.broker_redis import RedisBroker, jump_hash, shard_of
@@ -160,7 +160,7 @@ def _get(url: str) -> bytes:
 
 @pytest.fixture
 def cluster_node(tmp_path):
-    node = ThrowawayRedis(tmp_path, "--cluster-enabled", "yes",
+    node = ThrowawayRedis(tmp_path, "--cluster-enabled", "yes", "--cluster-port", str(free_port()),
                           "--cluster-config-file", str(tmp_path / "nodes.conf")).start()
     node.command("CLUSTER", "ADDSLOTSRANGE", "0", "16383")  # one node serving every slot
     client = redis_sync.Redis(port=node.port)
