@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import jwt
 import orjson
-from aiohttp import WSMsgType, web
+from aiohttp import HttpVersion11, WSMsgType, web
 from aiohttp.http_websocket import WebSocketError
 
 from scalechat.chat.broker import create_broker
@@ -145,9 +145,17 @@ async def debug_stall(request: web.Request) -> web.Response:
 # --- the WebSocket endpoint -----------------------------------------------------------
 
 
-def _admit(request: web.Request) -> tuple[str, str, int | None, str | None]:
+def _admit(request: web.Request, ws: web.WebSocketResponse) -> tuple[str, str, int | None, str | None]:
     """Check everything before the upgrade; return (room, name, since, epoch) or raise Refused."""
     settings, node = request.app[settings_key], request.app[node_key]
+    if request.version < HttpVersion11:
+        # aiohttp would answer 101 on HTTP/1.0; RFC 6455 section 4.1 requires 1.1 or later.
+        raise Refused(400, "a WebSocket upgrade needs HTTP/1.1 or later", RefusalReason.BAD_HANDSHAKE)
+    if not ws.can_prepare(request).ok:
+        raise Refused(400, "not a WebSocket handshake: it needs 'Upgrade: websocket', "
+                           "'Connection: Upgrade', 'Sec-WebSocket-Version: 13' and a "
+                           "Sec-WebSocket-Key of 16 bytes in base64 (RFC 6455 section 4.1)",
+                      RefusalReason.BAD_HANDSHAKE)
     try:
         room = validate_room(request.match_info["room"])
     except ValueError as exc:
@@ -160,7 +168,7 @@ def _admit(request: web.Request) -> tuple[str, str, int | None, str | None]:
         raise Refused(403, f"origin {request.headers['Origin']!r} is not allowed", RefusalReason.ORIGIN)
     query = request.query
     if settings.auth_secret:
-        name = _authenticate(query.get("token"), settings.auth_secret)
+        name = _authenticate(query.get("token"), settings.auth_secret, settings.auth_require_exp)
     else:
         name = query.get("name") or f"guest-{secrets.token_hex(2)}"
     try:
@@ -172,37 +180,87 @@ def _admit(request: web.Request) -> tuple[str, str, int | None, str | None]:
 
 
 def _origin_allowed(request: web.Request, settings: Settings) -> bool:
+    """The Origin rule: absent (not a browser), listed, or the server's own origin.
+
+    Origins are compared as (scheme, host, port), the port filled in from the
+    scheme. The server's own origin is the scheme the request arrived with
+    (X-Forwarded-Proto's, with trust_forwarded_proto) and the Host header's
+    host and port.
+    """
     origin = request.headers.get("Origin")
-    if origin is None or "*" in settings.allowed_origins or origin in settings.allowed_origins:
+    allowed = settings.allowed_origins
+    if origin is None or "*" in allowed or origin in allowed:
         return True
-    return urlsplit(origin).netloc.lower() == request.host.lower()
+    key = origin_key(origin)
+    if key is None:
+        return False
+    if key in (origin_key(entry) for entry in allowed):
+        return True
+    scheme = request.scheme
+    if settings.trust_forwarded_proto:
+        forwarded = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+        if forwarded in DEFAULT_PORTS:
+            scheme = forwarded
+    return key == origin_key(f"{scheme}://{request.host}")
 
 
-def _authenticate(token: str | None, secret: str) -> str:
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def origin_key(origin: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of an http(s) origin; None for anything else ('null' included)."""
+    try:
+        parts = urlsplit(origin)
+        scheme, host = parts.scheme.lower(), parts.hostname
+        if (scheme not in DEFAULT_PORTS or not host or "@" in parts.netloc
+                or parts.path not in ("", "/")):
+            return None
+        return scheme, host, parts.port or DEFAULT_PORTS[scheme]
+    except ValueError:  # a port that is not a number or out of range
+        return None
+
+
+def _authenticate(token: str | None, secret: str, require_exp: bool) -> str:
     if not token:
         raise Refused(401, "missing ?token=: this server requires a signed token", RefusalReason.AUTH)
+    options = {"require": ["exp"]} if require_exp else {}
     try:
-        claims = jwt.decode(token, secret, algorithms=["HS256"])
-    except jwt.ExpiredSignatureError:
-        raise Refused(401, "token expired", RefusalReason.AUTH) from None
+        claims = jwt.decode(token, secret, algorithms=["HS256"], options=options)
     except jwt.InvalidTokenError as exc:
-        raise Refused(401, f"invalid token: {exc}", RefusalReason.AUTH) from None
+        raise Refused(401, _token_problem(exc), RefusalReason.AUTH) from None
     name = claims.get("name") or claims.get("sub")
     if not isinstance(name, str):
         raise Refused(401, "token has no 'name' or 'sub' claim", RefusalReason.AUTH)
     return name
 
 
+def _token_problem(exc: jwt.InvalidTokenError) -> str:
+    """Our words for a rejected token (PyJWT's messages are its internals')."""
+    if isinstance(exc, jwt.ExpiredSignatureError):
+        return "token expired"
+    if isinstance(exc, jwt.MissingRequiredClaimError):
+        return f"invalid token: it has no '{exc.claim}' claim, which this server requires"
+    if isinstance(exc, jwt.ImmatureSignatureError):
+        return "invalid token: not valid yet ('nbf' or 'iat' in the future)"
+    if isinstance(exc, jwt.InvalidSignatureError):
+        return "invalid token: the signature does not match"
+    if isinstance(exc, jwt.InvalidAlgorithmError):
+        return "invalid token: only HS256 is accepted"
+    if isinstance(exc, jwt.DecodeError):
+        return "invalid token: not a JWT"
+    return "invalid token: a claim is invalid"
+
+
 async def websocket(request: web.Request) -> web.StreamResponse:
     settings, node = request.app[settings_key], request.app[node_key]
-    try:
-        room, name, since, epoch = _admit(request)
-    except Refused as refusal:
-        node.metrics.connections_refused.labels(reason=refusal.label).inc()
-        return refusal.response()
     ws = web.WebSocketResponse(
         heartbeat=settings.heartbeat_seconds, max_msg_size=settings.max_message_bytes,
         compress=settings.compression, autoping=True)
+    try:
+        room, name, since, epoch = _admit(request, ws)
+    except Refused as refusal:
+        node.metrics.connections_refused.labels(reason=refusal.label).inc()
+        return refusal.response()
     await ws.prepare(request)
     conn = Connection(ws, request.transport, room, name, settings.send_buffer_bytes,
                       TokenBucket(settings.rate_limit, settings.rate_burst, time.perf_counter()),

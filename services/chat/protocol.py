@@ -28,6 +28,8 @@ from scalechat.chat.errors import ProtocolError
 ROOM_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 MAX_NAME_CHARS = 32
 MAX_CID_CHARS = 64
+MAX_SINCE_DIGITS = 18
+SINCE_PATTERN = re.compile(r"[0-9]{1,%d}" % MAX_SINCE_DIGITS)
 
 
 class ClientType(enum.StrEnum):
@@ -56,6 +58,7 @@ class ErrorCode(enum.StrEnum):
 class RefusalReason(enum.StrEnum):
     """Why an upgrade was refused before the WebSocket opened (a metrics label)."""
 
+    BAD_HANDSHAKE = "bad_handshake"
     BAD_ROOM = "bad_room"
     BAD_QUERY = "bad_query"
     DRAINING = "draining"
@@ -69,6 +72,7 @@ class CloseCode(enum.IntEnum):
 
     NORMAL = 1000
     GOING_AWAY = 1001  # server shutting down
+    PROTOCOL_ERROR = 1002  # a frame breaking RFC 6455 (unmasked, bad close code, ...)
     UNSUPPORTED_DATA = 1003  # binary frame
     INVALID_TEXT = 1007  # not UTF-8
     POLICY_VIOLATION = 1008  # rate limit exceeded persistently
@@ -106,10 +110,15 @@ def validate_name(name: str) -> str:
 
 
 def parse_since(since: str | None) -> int | None:
+    """The ``since`` sequence number: 1-18 ASCII digits (below 2**63, Redis's integer range).
+
+    ``str.isdigit`` would also take other scripts' digits ("٣") and
+    superscripts, which ``int`` reads or rejects with its own message.
+    """
     if since is None or since == "":
         return None
-    if not since.isdigit():
-        raise ValueError("since must be a non-negative integer sequence number")
+    if not SINCE_PATTERN.fullmatch(since):
+        raise ValueError(f"since must be a sequence number: 1-{MAX_SINCE_DIGITS} digits 0-9")
     return int(since)
 
 

@@ -87,8 +87,13 @@ class Settings:
               "less CPU per delivery for at most this much more latency. Other rooms, and every "
               "room with 0, are written at the end of the loop tick.", minimum=0)
     allowed_origins: tuple[str, ...] = _setting(
-        (), "Comma-separated Origins allowed besides the server's own host; '*' allows any. "
-            "Requests without an Origin header (non-browser clients) are allowed.")
+        (), "Comma-separated Origins allowed besides the server's own origin (the request's "
+            "scheme, the Host header's host and port); '*' allows any. Requests without an Origin "
+            "header (non-browser clients) are allowed.")
+    trust_forwarded_proto: bool = _setting(
+        False, "Take the scheme of the server's own origin from X-Forwarded-Proto. Enable only "
+               "behind a proxy that sets it (one terminating TLS); otherwise the scheme is the "
+               "connection's own (http).")
     heartbeat_seconds: float = _setting(
         30.0, "Ping interval; a client that does not answer a ping within half of it is closed.",
         minimum=0.1)
@@ -98,6 +103,9 @@ class Settings:
     auth_secret: str = _setting(
         "", "HS256 secret; when set, connections need ?token=<JWT> whose 'name' (or 'sub') claim "
             "sets the display name. Empty: no auth.", secret=True)
+    auth_require_exp: bool = _setting(
+        False, "With auth_secret: refuse tokens without an 'exp' (expiry) claim, which would "
+               "otherwise be valid forever.")
     compression: bool = _setting(
         False, "Per-message deflate. Off by default: it costs a zlib stream per connection and "
                "defeats framing each broadcast once.")
