@@ -36,6 +36,8 @@ from typing import Any
 
 import yaml
 
+from scalechat.slo import Threshold, thresholds
+
 API_VERSION = "scalechat.io/v1alpha1"
 KIND = "LoadTest"
 ROOM_PLACEHOLDER = "{room}"
@@ -152,11 +154,19 @@ SPEC_SCHEMA: dict[str, Any] = {
         "slo": {
             "type": "object",
             "additionalProperties": False,
-            "description": "What a stage must achieve to pass (capacity search stops at the first failure).",
+            "description": "What every stage must achieve to pass, checked per stage like k6 thresholds "
+                           "(scalechat load exits 3 when one fails; a capacity search stops at the first "
+                           "failure). Latencies are delivery latencies, from each message's scheduled "
+                           "send time to every receipt.",
             "default": {},
             "properties": {
+                "p50Seconds": _num("Largest acceptable median delivery latency.", minimum=0, exclusive=True),
+                "p90Seconds": _num("Largest acceptable p90 delivery latency.", minimum=0, exclusive=True),
                 "p99Seconds": _num("Largest acceptable p99 delivery latency.", default=0.5,
                                    minimum=0, exclusive=True),
+                "p999Seconds": _num("Largest acceptable p99.9 delivery latency.", minimum=0, exclusive=True),
+                "maxSeconds": _num("Largest acceptable delivery latency of any message.", minimum=0,
+                                   exclusive=True),
                 "deliveryRatio": _num("Smallest acceptable received/expected.", default=0.999,
                                       minimum=0, maximum=1),
             },
@@ -357,8 +367,30 @@ class Stage:
 
 @dataclass(frozen=True)
 class Slo:
+    """``spec.slo``; the thresholds other than p99 and delivery are checked only when given."""
+
     p99_seconds: float = 0.5
     delivery_ratio: float = 0.999
+    p50_seconds: float | None = None
+    p90_seconds: float | None = None
+    p999_seconds: float | None = None
+    max_seconds: float | None = None
+
+    def to_spec(self) -> dict[str, float]:
+        spec = {"p50Seconds": self.p50_seconds, "p90Seconds": self.p90_seconds, "p99Seconds": self.p99_seconds,
+                "p999Seconds": self.p999_seconds, "maxSeconds": self.max_seconds,
+                "deliveryRatio": self.delivery_ratio}
+        return {k: v for k, v in spec.items() if v is not None}
+
+    def thresholds(self) -> tuple[Threshold, ...]:
+        return thresholds(self.to_spec())
+
+    @classmethod
+    def from_spec(cls, slo: dict[str, Any]) -> Slo:
+        def get(key: str) -> float | None:
+            return float(slo[key]) if slo.get(key) is not None else None
+        return cls(float(slo["p99Seconds"]), float(slo["deliveryRatio"]), p50_seconds=get("p50Seconds"),
+                   p90_seconds=get("p90Seconds"), p999_seconds=get("p999Seconds"), max_seconds=get("maxSeconds"))
 
 
 @dataclass(frozen=True)
@@ -390,7 +422,7 @@ class LoadTest:
             "target": {"url": self.url}, "stages": [s.to_spec() for s in self.stages],
             "workers": self.workers, "parallelism": self.parallelism, "connectRate": self.connect_rate,
             "drainSeconds": self.drain_seconds,
-            "slo": {"p99Seconds": self.slo.p99_seconds, "deliveryRatio": self.slo.delivery_ratio},
+            "slo": self.slo.to_spec(),
             "events": self.events}
         if self.find_capacity is not None:
             fc = self.find_capacity
@@ -414,7 +446,7 @@ def parse_spec(spec: Any, path: str = "spec", metadata: dict[str, Any] | None = 
         name=str(metadata.get("name", "loadtest")), url=s["target"]["url"], stages=stages,
         workers=s["workers"], parallelism=s["parallelism"], connect_rate=float(s["connectRate"]),
         drain_seconds=float(s["drainSeconds"]),
-        slo=Slo(float(s["slo"]["p99Seconds"]), float(s["slo"]["deliveryRatio"])),
+        slo=Slo.from_spec(s["slo"]),
         events=s["events"], find_capacity=search, metadata=tuple(sorted(metadata.items())))
 
 

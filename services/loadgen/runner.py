@@ -97,6 +97,7 @@ class RunReport:
     interrupted: bool = False
     capacity: dict[str, Any] | None = None
     out_dir: Path = Path(".")
+    planned: list = field(default_factory=list)  # the Stage each result ran, by index
 
 
 class _WorkerHandle:
@@ -153,6 +154,7 @@ class Runner:
         finally:
             self.report.interrupted = self.interrupts > 0
             self.report.capacity = self.source.report()
+            self.report.planned = [p.stage for p in self.plans]
             self._stop_workers()
             self._write(final=True)
             self.progress.end_line()
@@ -200,7 +202,8 @@ class Runner:
         mine = plan.for_shard(self.shard)
         per_worker = assign_workers(mine, len(self.workers))
         total = sum(r.clients for r in mine) or 1
-        label = f"{stage.name} {index + 1}"
+        total_stages = self.source.total() if hasattr(self.source, "total") else None
+        label = f"{index + 1}/{total_stages or '?'} {stage.name}"
         for w, rooms in zip(self.workers, per_worker):
             w.connected, w.final, w.snapshot, w.phase = False, None, None, "connecting"
             share = sum(r.clients for r in rooms) / total
@@ -218,7 +221,9 @@ class Runner:
             for w in self.workers:
                 w.send(("go", index, t0))
         self._wait(label, lambda w: w.final is not None)
-        return self._merge(index, stage.name)
+        merged = self._merge(index, stage.name)
+        self.progress.stage_finished(label, merged, sum(r.clients for r in mine))
+        return merged
 
     def _wait(self, label: str, ready) -> None:
         """Pump worker messages until ``ready(worker)`` for every live worker."""
@@ -241,7 +246,7 @@ class Runner:
             for conn in wait([w.conn for w in live], timeout=0.25):
                 self._receive(next(w for w in live if w.conn is conn))
             phases = {w.phase for w in live}
-            snaps = [w.snapshot for w in live if w.snapshot is not None]
+            snaps = [(w.index, *w.snapshot) for w in live if w.snapshot is not None]
             if snaps:
                 self.progress.update(label, "/".join(sorted(phases)), snaps)
 
@@ -260,6 +265,7 @@ class Runner:
             w.connected, w.phase = True, "connected"
         elif kind == "done":
             w.final, w.phase = message[2], "done"
+            w.snapshot = (message[2], message[3])
 
     def _merge(self, index: int, name: str) -> StageResult:
         merged = StageResult(index, name)

@@ -34,7 +34,12 @@ in this process):
   being run-wide client numbers (``RoomPlan.first_client`` + index).
 * A worker whose sends fall more than 100 ms behind their schedule during the
   measurement window is overloaded: its stage result gets the error
-  ``generator_overloaded`` (its latencies then include its own delay).
+  ``generator_overloaded`` (its latencies then include its own delay) and
+  ``send_lag_max`` says by how much.
+* The stage's :class:`~scalechat.results.Timeline` has a bin per second (more
+  for stages over :data:`TIMELINE_BINS` seconds) from the start of the window:
+  sends by their scheduled time, receipts and their latencies by the time they
+  were accounted, the send lag by scheduled time.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import heapq
+import math
 import random
 import resource
 import signal
@@ -58,7 +64,7 @@ from scalechat.loadgen.accounting import Client, ReceiptTally, Room, Tally
 from scalechat.loadgen.config import Stage
 from scalechat.loadgen.plan import RoomPlan, Timetable, max_size, size_sampler
 from scalechat.loadgen.wsclient import HandshakeError, WSClientError, connect
-from scalechat.results import StageResult
+from scalechat.results import StageResult, Timeline
 
 try:
     from scalechat.loadgen._timer import Timer
@@ -70,6 +76,7 @@ CONNECT_TIMEOUT = 10.0
 CLOSE_TIMEOUT = 2.0
 NEVER = 1 << 62
 LAG_LIMIT_NS = 100_000_000  # a send this late marks the worker overloaded for the stage
+TIMELINE_BINS = 120  # a stage's timeline has at most about this many bins inside its window
 monotonic_ns = time.monotonic_ns
 
 
@@ -125,6 +132,12 @@ class StageRun:
             self.clients += [Client(i, room, self, Timetable(stage.rate, stage.arrival, rng))
                              for i in range(plan.clients)]
         self.pad = "x" * max_size(stage.size)
+        bin_seconds = max(1.0, math.ceil(stage.duration_seconds / TIMELINE_BINS))
+        self.bin_ns = int(bin_seconds * 1e9)
+        self.timeline = self.result.timeline = Timeline(bin_seconds)
+        self.timeline.grow(math.ceil(stage.duration_seconds / bin_seconds))
+        self.bins_sent = self.timeline.sent  # _send_due counts into it directly
+        self._counts = self.result.delivery.counts  # the delivery histogram when the last bin closed
 
     def set_window(self, start_ns: int, end_ns: int, deadline_ns: int) -> None:
         """Sends scheduled in [start, end) are measured; receipts after ``deadline`` are late."""
@@ -192,6 +205,7 @@ class StageRun:
         offset = time.time() - monotonic_ns() * 1e-9  # wall clock = monotonic + offset
         self.result.started_at = self.measure_start_ns * 1e-9 + offset
         sender = asyncio.create_task(self._send_loop())
+        ticker = asyncio.create_task(self._tick_timeline())
         self.phase = "warmup"
         if not await self._sleep_until(self.measure_start_ns):
             self.phase = "measuring"
@@ -212,6 +226,29 @@ class StageRun:
             if self.received >= self.expected:
                 break
             await asyncio.sleep(0.01)
+        ticker.cancel()
+        await asyncio.gather(ticker, return_exceptions=True)
+        self._close_bin(max(0, (monotonic_ns() - self.measure_start_ns) // self.bin_ns))
+
+    async def _tick_timeline(self) -> None:
+        """Close each timeline bin at its end: the receipts accounted (and their latencies) since the last."""
+        await self._sleep_until(self.measure_start_ns)
+        k = 0
+        while True:
+            delay = (self.measure_start_ns + (k + 1) * self.bin_ns - monotonic_ns()) / 1e9
+            if delay > 0:
+                await asyncio.sleep(delay)
+            self._close_bin(k)
+            k += 1
+
+    def _close_bin(self, k: int) -> None:
+        if self.tally is not None:
+            self.tally.flush()
+        counts = self.result.delivery.counts
+        gained = counts - self._counts
+        self._counts = counts
+        if k < len(self.timeline) or gained.any():  # no empty bins after the window
+            self.timeline.add(int(k), buckets=gained)
 
     async def close_all(self) -> None:
         self.phase = "closing"
@@ -284,10 +321,14 @@ class StageRun:
         t0, start, end = self.t0_ns, self.measure_start_ns, self.measure_end_ns
         pad, events, index = self.pad, self.events, self.index
         budget = 2000  # yield to the receive path now and then during a catch-up burst
-        if heap and heap[0][0] >= start:
+        bins_sent, bin_ns = self.bins_sent, self.bin_ns
+        if heap and start <= heap[0][0] < end:
             lag = now - heap[0][0]  # how far behind its own schedule the generator is
             if lag > self.lag_ns:
                 self.lag_ns = lag
+            k = (heap[0][0] - start) // bin_ns
+            if lag > 0 and lag * 1e-9 > self.timeline.lag[k]:
+                self.timeline.lag[k] = lag * 1e-9
         while heap and heap[0][0] <= now and budget:
             due, n, client = heap[0]
             ws = client.ws
@@ -310,6 +351,7 @@ class StageRun:
             self.live_sent += 1
             if due >= start:
                 self.sent += 1
+                bins_sent[(due - start) // bin_ns] += 1
                 self.expected += room.members
                 if events is not None:
                     events.send(index, room.plan.first_client + client.idx, msgno, due, monotonic_ns(), len(text))
@@ -323,13 +365,15 @@ class StageRun:
         r = self.result
         r.sent, r.expected, r.received = self.sent, self.expected, self.received
         r.duplicates, r.out_of_order, r.late = self.duplicates, self.out_of_order, self.late
+        r.send_lag_max = self.lag_ns / 1e9
         return r
 
     def live(self) -> dict[str, Any]:
         if self.tally is not None:
             self.tally.flush()
         return {"sent": self.live_sent, "received": self.live_received, "lag": self.lag_ns / 1e9,
-                "connections": sum(c.is_member for c in self.clients), "planned": len(self.clients)}
+                "connections": sum(c.is_member for c in self.clients), "planned": len(self.clients),
+                "t": monotonic_ns() / 1e9}
 
 
 class Worker:

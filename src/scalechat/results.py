@@ -13,9 +13,15 @@ A results directory holds:
     reader never sees half a file.
 ``events-shard-<i>-of-<n>-w<k>.csv``
     optional raw event log, one per worker process (see :mod:`scalechat.eventlog`).
+``summary.json``
+    the end-of-run summary ``scalechat load`` prints (per-stage verdicts against the SLO);
+    ``--summary-json`` writes the same elsewhere too.
 
 Merging shard files (:func:`merge_stage_results`) sums counts and merges histograms
-exactly, so n shards give the same numbers as one run that did all the work.
+exactly, so n shards give the same numbers as one run that did all the work; a
+stage's :class:`Timeline` (per-second bins from the start of its measurement
+window) merges exactly too, bin by bin. Fields added after format 1 was first
+written (``send_lag_max``, ``timeline``) are optional when reading.
 """
 
 from __future__ import annotations
@@ -28,11 +34,94 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scalechat.histogram import LogHistogram
+import numpy as np
+
+from scalechat.histogram import HistogramConfig, LogHistogram
 
 FORMAT = 1
 COUNT_FIELDS = ("sent", "expected", "received", "duplicates", "out_of_order", "late",
                 "connections", "connect_errors")
+
+
+@dataclass
+class Timeline:
+    """A stage over time: bins of ``bin_seconds`` from the start of its measurement window.
+
+    Bin ``k`` covers ``[start + k * bin_seconds, start + (k + 1) * bin_seconds)``: ``sent``
+    counts measured sends scheduled in it, ``received`` and ``latency`` the receipts
+    accounted in it (delivery latencies as sparse bucket counts of the default
+    :class:`~scalechat.histogram.HistogramConfig`, so bins merge exactly), ``lag`` the
+    furthest the generator's sends were behind their timetable. Bins past the window
+    hold the drain (receipts only).
+    """
+
+    bin_seconds: float = 1.0
+    sent: list[int] = field(default_factory=list)
+    received: list[int] = field(default_factory=list)
+    lag: list[float] = field(default_factory=list)
+    latency: list[dict[int, int]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.sent)
+
+    def grow(self, bins: int) -> None:
+        while len(self.sent) < bins:
+            self.sent.append(0)
+            self.received.append(0)
+            self.lag.append(0.0)
+            self.latency.append({})
+
+    def add(self, k: int, *, sent: int = 0, lag: float = 0.0, buckets: np.ndarray | None = None) -> None:
+        """Add to bin ``k``: sends, a lag, and the delivery histogram's bucket counts gained."""
+        self.grow(k + 1)
+        self.sent[k] += sent
+        self.lag[k] = max(self.lag[k], lag)
+        if buckets is not None:
+            nonzero = np.flatnonzero(buckets)
+            into = self.latency[k]
+            for i, n in zip(nonzero.tolist(), buckets[nonzero].tolist()):
+                into[i] = into.get(i, 0) + n
+            self.received[k] += int(buckets[nonzero].sum())
+
+    def merge(self, other: Timeline) -> None:
+        if other.bin_seconds != self.bin_seconds and len(other):
+            if len(self):
+                raise ValueError(f"cannot merge timelines of {other.bin_seconds} s and {self.bin_seconds} s bins")
+            self.bin_seconds = other.bin_seconds
+        self.grow(len(other))
+        for k in range(len(other)):
+            self.sent[k] += other.sent[k]
+            self.received[k] += other.received[k]
+            self.lag[k] = max(self.lag[k], other.lag[k])
+            into = self.latency[k]
+            for i, n in other.latency[k].items():
+                into[i] = into.get(i, 0) + n
+
+    def percentiles(self, qs: list[float]) -> np.ndarray:
+        """Nearest-rank delivery latency percentiles (seconds) per bin: shape (bins, len(qs)); NaN if empty."""
+        config = HistogramConfig()
+        out = np.full((len(self), len(qs)), np.nan)
+        for k, buckets in enumerate(self.latency):
+            if not buckets:
+                continue
+            index = np.array(sorted(buckets), dtype=np.int64)
+            cumulative = np.cumsum([buckets[i] for i in index.tolist()])
+            ranks = np.clip(np.ceil(np.asarray(qs) / 100.0 * cumulative[-1]), 1, cumulative[-1])
+            out[k] = config.bucket_value(index[np.searchsorted(cumulative, ranks, side="left")])
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"bin_seconds": self.bin_seconds, "sent": self.sent, "received": self.received, "lag": self.lag,
+                "latency": [{"index": sorted(b), "count": [b[i] for i in sorted(b)]} for b in self.latency]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Timeline:
+        latency = [dict(zip(map(int, b["index"]), map(int, b["count"]))) for b in data["latency"]]
+        timeline = cls(float(data["bin_seconds"]), [int(x) for x in data["sent"]],
+                       [int(x) for x in data["received"]], [float(x) for x in data["lag"]], latency)
+        if not len(timeline.sent) == len(timeline.received) == len(timeline.lag) == len(latency):
+            raise ValueError("timeline lists differ in length")
+        return timeline
 
 
 @dataclass
@@ -59,6 +148,8 @@ class StageResult:
     errors: Counter = field(default_factory=Counter)  # by kind, e.g. "rate_limited", "close_1013"
     echo: LogHistogram = field(default_factory=LogHistogram)
     delivery: LogHistogram = field(default_factory=LogHistogram)
+    send_lag_max: float = 0.0  # seconds: the furthest a measured send fell behind its timetable
+    timeline: Timeline = field(default_factory=Timeline)
 
     @property
     def delivery_ratio(self) -> float:
@@ -72,6 +163,8 @@ class StageResult:
         self.errors.update(other.errors)
         self.echo.merge(other.echo)
         self.delivery.merge(other.delivery)
+        self.send_lag_max = max(self.send_lag_max, other.send_lag_max)
+        self.timeline.merge(other.timeline)
         starts = [t for t in (self.started_at, other.started_at) if t]
         self.started_at = min(starts) if starts else 0.0
         self.ended_at = max(self.ended_at, other.ended_at)
@@ -83,6 +176,8 @@ class StageResult:
         out["errors"] = dict(self.errors)
         out["echo"] = self.echo.to_dict()
         out["delivery"] = self.delivery.to_dict()
+        out["send_lag_max"] = self.send_lag_max
+        out["timeline"] = self.timeline.to_dict()
         return out
 
     @classmethod
@@ -92,7 +187,9 @@ class StageResult:
                    **{name: int(data[name]) for name in COUNT_FIELDS},
                    errors=Counter(data.get("errors", {})),
                    echo=LogHistogram.from_dict(data["echo"]),
-                   delivery=LogHistogram.from_dict(data["delivery"]))
+                   delivery=LogHistogram.from_dict(data["delivery"]),
+                   send_lag_max=float(data.get("send_lag_max", 0.0)),
+                   timeline=Timeline.from_dict(data["timeline"]) if data.get("timeline") else Timeline())
 
 
 def shard_file_name(shard: int, shards: int) -> str:

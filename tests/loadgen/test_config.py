@@ -152,7 +152,8 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--rooms", "2", "--clients-per-room", "3", "--rate", "1", "--duration", "2"], "--url: is required"),
+    (["--rooms", "2", "--clients-per-room", "3", "--rate", "1", "--duration", "2"],
+     "--url: is required without a manifest (-f FILE)"),
     (["--url", "ws://h:1/ws/lobby", "--clients-per-room", "3", "--rate", "1", "--duration", "2"],
      "--url: must contain the {room} placeholder"),
     (["--url", URL, "--clients-per-room", "3", "--rate", "-3", "--duration", "2"], "--rate: must be > 0, got -3"),
@@ -174,14 +175,62 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
      "--slo-delivery: must be <= 1, got 2"),
     (["--url", URL, "--clients-per-room", "3", "--rate", "1", "--duration", "2", "--run-id", "a b"],
      "--run-id: must be 1-24 letters"),
-    (["-f", str(EXAMPLES / "loadtest.yaml"), "--rate", "3"], "--rate: cannot be combined with -f"),
+    (["-f", str(EXAMPLES / "loadtest.yaml"), "--rate", "3,4"],
+     f"--rate: has 2 values but {EXAMPLES / 'loadtest.yaml'} has 3 stages"),
+    (["-f", str(EXAMPLES / "loadtest.yaml"), "--duration", "3,4"], "--duration: takes one value with -f"),
+    (["--url", URL, "--clients-per-room", "3", "--rate", "1", "--duration", "2", "--slo", "p99<=fast"],
+     "--slo: cannot read 'p99<=fast'; expected comma-separated terms"),
+    (["--url", URL, "--clients-per-room", "3", "--rate", "1", "--duration", "2", "--slo", "delivery>=120%"],
+     "--slo: 'delivery>=120%': a delivery ratio is between 0 and 1"),
     (["-f", "/nonexistent/lt.yaml"], "/nonexistent/lt.yaml: cannot read"),
 ])
 def test_bad_flags_give_one_line_naming_the_flag(capsys, argv, message):
     code, out, err = run_cli(capsys, *argv)
     assert code == 2
     assert err.startswith(f"scalechat load: {message}"), err
-    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.count("\n") == (2 if "--url: is required" in message else 1) and "Traceback" not in err
+
+
+def test_every_missing_required_flag_is_named_at_once_with_an_example(capsys):
+    code, out, err = run_cli(capsys, "--rooms", "50", "--clients-per-room", "4")
+    assert code == 2 and out == ""
+    first, example = err.splitlines()
+    assert first == "scalechat load: --url, --rate, --duration: are required without a manifest (-f FILE); for example:"
+    assert example.strip().startswith("scalechat load --url 'ws://127.0.0.1:8080/ws/{room}' --clients-per-room")
+
+
+def test_usage_shows_the_required_flags(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    usage = capsys.readouterr().out.split("\n\n")[0]
+    assert "-f FILE" in usage
+    assert "--url URL --clients-per-room N[,N...] --rate R[,R...] --duration S[,S...]" in usage
+    assert "[--url" not in usage and "[--rate" not in usage  # not shown as optional
+
+
+def test_duration_scales_every_stage_of_a_manifest(capsys):
+    code, out, err = run_cli(capsys, "-f", str(EXAMPLES / "loadtest.yaml"), "--duration", "6", "--dry-run")
+    assert code == 0, err
+    stages = yaml.safe_load(out)["spec"]["stages"]
+    assert [s["durationSeconds"] for s in stages] == [3, 6, 3]  # 30, 60, 30 scaled by 0.1
+    assert [s["warmupSeconds"] for s in stages] == [5, 5, 1]  # untouched
+
+
+def test_stage_flags_replace_a_manifest_stage_value(capsys):
+    code, out, err = run_cli(capsys, "-f", str(EXAMPLES / "loadtest.yaml"), "--rate", "2", "--clients-per-room",
+                             "1,2,3", "--dry-run")
+    assert code == 0, err
+    stages = yaml.safe_load(out)["spec"]["stages"]
+    assert [(s["rate"], s["clientsPerRoom"]) for s in stages] == [(2, 1), (2, 2), (2, 3)]
+    assert [s["name"] for s in stages] == ["warm", "hot-rooms", "big-messages"]
+
+
+def test_slo_flag_replaces_the_thresholds_it_names(capsys):
+    code, out, err = run_cli(capsys, "-f", str(EXAMPLES / "seed-experiment.yaml"), "--slo",
+                             "p50<=5ms, p99<=50ms,max<=2s", "--dry-run")
+    assert code == 0, err
+    assert yaml.safe_load(out)["spec"]["slo"] == {"p50Seconds": 0.005, "p99Seconds": 0.05, "maxSeconds": 2.0,
+                                                   "deliveryRatio": 0.999}
 
 
 def test_flag_lists_make_one_stage_per_value(capsys):
@@ -215,6 +264,8 @@ def test_help_documents_the_flags_and_an_example():
     assert proc.returncode == 0
     for flag in ("--url", "--rooms", "--clients-per-room", "--rate", "--size", "--duration", "--warmup", "--out",
                  "-f", "--workers", "--shard", "--run-id", "--room-distribution", "--arrival", "--connect-rate",
-                 "--drain", "--events", "--find-capacity", "--step", "--max-steps", "--slo-p99", "--slo-delivery"):
+                 "--drain", "--events", "--find-capacity", "--step", "--max-steps", "--slo-p99", "--slo-delivery",
+                 "--slo", "--summary-json"):
         assert flag in proc.stdout
     assert "examples:" in proc.stdout and "{room}" in proc.stdout
+    assert "exit status:" in proc.stdout and "3    a stage missed the SLO" in proc.stdout

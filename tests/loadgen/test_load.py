@@ -38,9 +38,9 @@ def load_args(server, out: Path, *args: str) -> list[str]:
     return [*LOAD, "--url", server.ws_url("{room}"), "--out", str(out), *args]
 
 
-def run_load(server, out: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+def run_load(server, out: Path, *args: str, timeout: float = 60, code: int = 0) -> subprocess.CompletedProcess:
     proc = subprocess.run(load_args(server, out, *args), capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == code, proc.stderr
     return proc
 
 
@@ -67,6 +67,58 @@ def test_nothing_lost_means_exact_counts(chat_server, tmp_path):
     assert run["spec"]["stages"][0]["clientsPerRoom"] == 4
     assert "stage-0" in proc.stdout and "results:" in proc.stdout
     assert server_connections(chat_server) == 0
+    # Over time: every measured send in the bin of its scheduled second, every receipt in one bin.
+    timeline = stage.timeline
+    assert timeline.bin_seconds == 1.0 and timeline.sent == [60, 60]
+    assert sum(timeline.received) == stage.received
+    assert sum(sum(b.values()) for b in timeline.latency) == stage.delivery.count
+    # The stage's last progress line is its final result, not a snapshot.
+    done = [line for line in proc.stderr.splitlines() if "] done " in line]
+    assert len(done) == 1 and "conns 12/12  sent/s 60  recv/s 240" in done[0], proc.stderr
+    assert "SLO (p99 <= 500ms, delivery >= 99.9%): ✓ all 1 stage(s) passed" in proc.stdout
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["passed"] is True and summary["exit_code"] == 0
+    assert summary["stages"][0]["slo"]["checks"][0]["name"] == "p99"
+
+
+def test_a_missed_slo_exits_3_and_the_summary_goes_to_stdout_as_json(chat_server, tmp_path):
+    proc = subprocess.run(load_args(chat_server, tmp_path / "r", "--clients-per-room", "3", "--rate", "4,8",
+                                    "--duration", "1", "--warmup", "0.5", "--workers", "1",
+                                    "--slo", "p50<=1s,max<=1us", "--summary-json", "-"),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 3, proc.stderr
+    summary = json.loads(proc.stdout)  # nothing else on stdout
+    assert summary["exit_code"] == 3 and summary["passed"] is False
+    assert summary["failed_stages"] == ["rate-4", "rate-8"]
+    checks = summary["stages"][0]["slo"]["checks"]
+    assert [(c["name"], c["passed"]) for c in checks] == [("p50", True), ("p99", True), ("max", False),
+                                                           ("delivery", True)]
+    assert summary["stages"][1]["sent"] == 3 * 8 and summary["stages"][1]["rate"] == 8
+    assert "SLO (p50 <= 1s, p99 <= 500ms, max <= 1us, delivery >= 99.9%): ✗ 2 of 2 stage(s) failed" in proc.stderr
+    assert "✗ rate-8: max " in proc.stderr
+    assert json.loads((tmp_path / "r" / "summary.json").read_text()) == summary
+
+
+def test_duration_shortens_every_stage_of_a_manifest(chat_server, tmp_path):
+    manifest = tmp_path / "lt.yaml"
+    manifest.write_text(f"""
+apiVersion: scalechat.io/v1alpha1
+kind: LoadTest
+metadata: {{name: long}}
+spec:
+  target: {{url: "{chat_server.ws_url('{room}')}"}}
+  workers: 1
+  stages:
+    - {{name: a, clientsPerRoom: 2, rate: 2, durationSeconds: 600, warmupSeconds: 0.5}}
+    - {{name: b, clientsPerRoom: 3, rate: 2, durationSeconds: 300, warmupSeconds: 0.5}}
+""")
+    proc = subprocess.run([*LOAD, "-f", str(manifest), "--duration", "2", "--out", str(tmp_path / "r")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    run, stages = read_results_dir(tmp_path / "r")
+    assert [s["durationSeconds"] for s in run["stages"]] == [2, 1]
+    assert [(s.sent, round(s.ended_at - s.started_at, 3)) for s in stages] == [(2 * 2 * 2, 2.0), (3 * 2 * 1, 1.0)]
+    assert f"note: stage durations scaled x0.00333 by --duration 2: 300-600 s in {manifest}" in proc.stdout
 
 
 def test_a_server_stall_shows_in_the_latency_of_sends_scheduled_during_it(start_server, tmp_path):
@@ -79,7 +131,8 @@ def test_a_server_stall_shows_in_the_latency_of_sends_scheduled_during_it(start_
     request = urllib.request.Request(server.http_url + "/debug/stall?seconds=1", method="POST")
     assert urllib.request.urlopen(request, timeout=10).status == 200
     out, err = load.communicate(timeout=30)
-    assert load.returncode == 0, err
+    assert load.returncode == 3, err  # the stall broke the default SLO (p99 <= 500 ms)
+    assert "✗ stage-0: p99 " in out
     _, (stage,) = read_results_dir(tmp_path / "r")
     assert stage.received == stage.expected == stage.sent * 5
     # Every send scheduled during the stall waited for its end: ~1/4 of the window is
@@ -201,7 +254,7 @@ def test_event_log_holds_every_measured_send_and_receipt(chat_server, tmp_path):
 def test_connection_errors_are_counted_not_fatal(start_server, tmp_path):
     server = start_server("--max-connections", "4")
     run_load(server, tmp_path / "r", "--rooms", "2", "--clients-per-room", "3", "--rate", "5", "--duration", "2",
-             "--warmup", "0.5", "--workers", "1", "--connect-rate", "50")
+             "--warmup", "0.5", "--workers", "1", "--connect-rate", "50", code=3)  # not every client connected
     _, (stage,) = read_results_dir(tmp_path / "r")
     assert (stage.connections, stage.connect_errors, stage.errors["connect_http_503"]) == (4, 2, 2)
     assert stage.sent == 4 * 5 * 2 and stage.received == stage.expected > 0

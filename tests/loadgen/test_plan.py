@@ -110,6 +110,7 @@ def test_slo_check():
     assert check_slo(result(0.01, 1000, 1000), slo)[0]
     assert check_slo(result(0.9, 1000, 1000), slo)[0] is False
     assert check_slo(result(0.01, 990, 1000), slo) == (False, "delivery ratio 0.9900 < 0.999")
+    assert check_slo(result(0.01, 1000, 1000), Slo(0.5, 0.999, max_seconds=0.001)) == (False, "max 10ms > 1ms")
     assert not check_slo(result(0.01, 1000, 1000, connect_errors=1), slo)[0]
     assert not check_slo(StageResult(0, "x"), slo)[0]
 
@@ -131,3 +132,18 @@ def test_capacity_search_without_failure_is_a_lower_bound():
     assert search.next_stage(result(0.01, 1, 1)).rate == 1.5
     assert search.next_stage(result(0.01, 1, 1)) is None
     assert search.report()["value"] == 1.5 and search.report()["bounded"] is False
+
+
+def test_progress_rates_use_each_workers_own_clock():
+    """Snapshots reach the parent at uneven times; the rate must not swing with that."""
+    from scalechat.loadgen.progress import _Rates
+
+    rates = _Rates()
+    for k in range(12):  # two workers at 200 sends/s each, stamped 1 s apart on their own clocks
+        for worker, offset in ((0, 0.0), (1, 0.37)):
+            t = 100.0 + offset + k
+            rates.add(worker, {"t": t, "sent": int(200 * (t - 100)), "received": int(2000 * (t - 100))})
+        sent, received = rates.rates()
+        if k >= 1:
+            assert sent == pytest.approx(400, rel=0.01) and received == pytest.approx(4000, rel=0.01)
+    assert _Rates().rates() == (None, None)
