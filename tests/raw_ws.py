@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import struct
 from dataclasses import dataclass, field
 
@@ -74,72 +75,56 @@ class Outcome:
         return [m["text"] for m in self.messages]
 
 
-class _Collector(asyncio.Protocol):
-    """Keeps every byte received: a failed write (the server closed first) loses none of them."""
-
-    def __init__(self) -> None:
-        self.data = bytearray()
-        self.lost = False
-        self.changed = asyncio.Event()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        self.data += data
-        self.changed.set()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
-        self.changed.set()
-
-    async def take(self) -> bytes:
-        """What arrived since the last take; b"" once the connection is gone."""
-        while not self.data and not self.lost:
-            self.changed.clear()
-            await self.changed.wait()
-        data, self.data = bytes(self.data), bytearray()
-        return data
-
-
 class RawWebSocket:
-    """An upgraded connection that writes whatever bytes it is given."""
+    """An upgraded connection that writes whatever bytes it is given.
 
-    def __init__(self, conn: _Collector, after_head: bytes) -> None:
-        self.conn = conn
+    A plain non-blocking socket, not an asyncio transport: a transport that
+    fails a write (the server closed first) drops what it had not yet read,
+    the server's close frame included.
+    """
+
+    def __init__(self, sock: socket.socket, after_head: bytes) -> None:
+        self.sock = sock
+        self.loop = asyncio.get_running_loop()
         self.parser = FrameParser(max_message_size=1 << 22)
         self.received = Outcome()
+        self.writable = True
         self._feed(after_head)
 
     @classmethod
     async def open(cls, port: int, path: str, *, pipelined: bytes = b"",
                    timeout: float = 5.0) -> "RawWebSocket":
         """Upgrade (``pipelined`` goes in the same write as the request); assert the 101."""
-        _, conn = await asyncio.get_running_loop().create_connection(_Collector, "127.0.0.1", port)
-        conn.transport.write(upgrade_request(path) + pipelined)
+        loop = asyncio.get_running_loop()
+        sock = socket.socket()
+        sock.setblocking(False)
         received = b""
         async with asyncio.timeout(timeout):
+            await loop.sock_connect(sock, ("127.0.0.1", port))
+            await loop.sock_sendall(sock, upgrade_request(path) + pipelined)
             while b"\r\n\r\n" not in received:
-                chunk = await conn.take()
+                chunk = await loop.sock_recv(sock, 65536)
                 assert chunk, f"connection closed during the handshake: {received!r}"
                 received += chunk
         head, rest = received.split(b"\r\n\r\n", 1)
         assert head.startswith(b"HTTP/1.1 101 "), head
-        return cls(conn, rest)
+        return cls(sock, rest)
 
     async def send(self, *chunks: bytes) -> None:
-        """Each chunk in its own write (after the previous one left), until the connection is gone."""
-        transport = self.conn.transport
+        """Each chunk in its own write, until the server has closed the connection."""
         for chunk in chunks:
-            if transport.is_closing():
+            if not self.writable:
                 return
-            transport.write(chunk)
+            try:
+                await self.loop.sock_sendall(self.sock, chunk)
+            except OSError:  # EPIPE, ECONNRESET: the server failed the connection earlier
+                self.writable = False
             await asyncio.sleep(0)  # let the write go out on its own
 
     async def messages(self, count: int, timeout: float = 5.0) -> list[str]:
         """Read until ``count`` message frames in all have arrived; their texts."""
         async with asyncio.timeout(timeout):
-            while len(self.received.messages) < count and self._feed(await self.conn.take()):
+            while len(self.received.messages) < count and self._feed(await self._recv()):
                 pass
         return self.received.texts()
 
@@ -147,11 +132,17 @@ class RawWebSocket:
         """Read until the server closes the connection (at most ``timeout`` seconds)."""
         try:
             async with asyncio.timeout(timeout):
-                while self._feed(await self.conn.take()):
+                while self._feed(await self._recv()):
                     pass
         finally:
-            self.conn.transport.close()
+            self.sock.close()
         return self.received
+
+    async def _recv(self) -> bytes:
+        try:
+            return await self.loop.sock_recv(self.sock, 65536)
+        except ConnectionResetError:  # the server closed with our later frames unread
+            return b""
 
     def _feed(self, chunk: bytes) -> bool:
         out = self.received

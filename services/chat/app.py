@@ -298,10 +298,12 @@ async def _receive_loop(ws: web.WebSocketResponse, conn: Connection, node: Node)
                                         "binary frames are not supported; send JSON text")
             return
         elif kind is WSMsgType.ERROR:
-            # aiohttp has already closed with the matching code (1009 too big, 1007 bad UTF-8).
+            # aiohttp has already closed with the matching code (1009 too big, 1007 bad
+            # UTF-8, 1002 a frame breaking RFC 6455: see listener.CheckedReader).
             exc = msg.data
             code = exc.code if isinstance(exc, WebSocketError) else None
-            label = {CloseCode.MESSAGE_TOO_BIG: "too_big", CloseCode.INVALID_TEXT: "invalid_utf8"}
+            label = {CloseCode.MESSAGE_TOO_BIG: "too_big", CloseCode.INVALID_TEXT: "invalid_utf8",
+                     CloseCode.PROTOCOL_ERROR: "protocol_error"}
             if code in label:
                 rejected.labels(reason=label[code]).inc()
             return

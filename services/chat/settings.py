@@ -78,6 +78,13 @@ class Settings:
         minimum=1)
     max_connections: int = _setting(
         10000, "WebSocket connections per process; beyond it upgrades get HTTP 503.", minimum=1)
+    handshake_seconds: float = _setting(
+        10.0, "A connection not upgraded to a WebSocket within this many seconds of being "
+              "accepted is closed: a slow request head or body, or an idle keep-alive connection "
+              "(slowloris). Plain HTTP connections live no longer either.", minimum=0.1)
+    max_pending_handshakes: int = _setting(
+        1000, "Connections accepted and not yet upgraded (plain HTTP included); one more closes "
+              "the oldest, so half-open clients cannot lock out new ones.", minimum=1)
     send_buffer_bytes: int = _setting(
         1048576, "Outgoing bytes buffered per connection; a client that lets more pile up is "
                  "closed with 1013 'slow consumer'.", minimum=1024)

@@ -1,0 +1,280 @@
+"""The listening socket and every connection's life before the WebSocket upgrade.
+
+aiohttp bounds the size of a request head (8190-byte lines, 128 headers) but
+not the time a client takes to send it, nor how many connections may sit
+unfinished: 2,000 clients sending one byte every 5 s can hold a process at its
+file-descriptor limit, where neither upgrades nor ``/healthz`` get through.
+:class:`HandshakeGate` bounds both:
+
+* **a deadline**: a connection that has not upgraded to a WebSocket within
+  ``handshake_seconds`` of being accepted is closed, whether it is still
+  sending its request head, a body, or is an idle keep-alive connection;
+* **a cap**: at most ``max_pending_handshakes`` such connections are kept;
+  one more closes the oldest. A half-open client is always older than the
+  real client that arrives after it, so the real one gets through (refusing
+  the newest instead would let a few held sockets lock everyone out).
+
+Closed connections are counted (``scalechat_handshakes_closed_total``) and
+logged in one line per interval, never one per connection.
+
+:class:`GatedRequestHandler` is aiohttp's per-connection protocol with three
+additions: it reports to the gate when it opens, upgrades and closes; after
+the upgrade it passes the client's bytes through
+:class:`~scalechat.chat.wsguard.ClientFrameCheck`; and it answers a malformed
+HTTP request with a 400 of our own wording, logged like the closures instead
+of with a traceback per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+from aiohttp.http_exceptions import (BadHttpMethod, BadStatusLine, HttpProcessingError,
+                                     InvalidHeader, InvalidURLError, LineTooLong)
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from scalechat.chat.settings import Settings
+from scalechat.chat.wsguard import ClientFrameCheck
+
+log = logging.getLogger("scalechat.chat.listener")
+
+LOG_INTERVAL_SECONDS = 10.0
+# Connections the kernel queues until accept(). aiohttp's default of 128 overflows
+# under a connection flood, and a SYN dropped then waits 1 s for its retransmission:
+# a real client's p99 went from 0.3 s to 1.7 s in bench/slowloris.py.
+BACKLOG = 1024
+
+# A frame aiohttp's reader fails with 1002 at its first two bytes: FIN, the
+# reserved opcode 0x3 (RFC 6455 section 5.2), mask bit, empty payload. See
+# CheckedReader for why a violation is reported to the reader this way.
+_REJECTED_BY_READER = bytes((0x80 | 0x3, 0x80))
+
+
+class IntervalLog:
+    """One log line per interval for a stream of similar events.
+
+    The first event after a quiet interval is logged at once; later ones are
+    counted by kind and logged together when the interval since the last line
+    has passed.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, level: int, what: str,
+                 suffix: Callable[[], str] = lambda: "",
+                 interval: float = LOG_INTERVAL_SECONDS) -> None:
+        self._loop, self._level, self._what, self._suffix = loop, level, what, suffix
+        self._interval = interval
+        self._counts: collections.Counter[str] = collections.Counter()
+        self._latest = ""
+        self._since = 0.0
+        self._last_line = -interval
+        self._timer: asyncio.TimerHandle | None = None
+
+    def note(self, kind: str, detail: str = "") -> None:
+        now = self._loop.time()
+        if not self._counts:
+            self._since = now
+        self._counts[kind] += 1
+        self._latest = detail
+        if now - self._last_line >= self._interval:
+            self._flush()
+        elif self._timer is None:
+            self._timer = self._loop.call_at(self._last_line + self._interval, self._flush)
+
+    def _flush(self) -> None:
+        self._timer = None
+        if not self._counts:
+            return
+        self._last_line = now = self._loop.time()
+        kinds = ", ".join(f"{kind} {count}" for kind, count in sorted(self._counts.items()))
+        latest = f"; the latest {self._latest}" if self._latest else ""
+        log.log(self._level, "%s: %d in %.1f s (%s)%s%s", self._what, self._counts.total(),
+                now - self._since, kinds, latest, self._suffix())
+        self._counts.clear()
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._flush()
+
+
+class HandshakeGate:
+    """Connections accepted and not yet upgraded, oldest first, each with its deadline."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float, limit: int,
+                 registry: CollectorRegistry) -> None:
+        self._loop, self._timeout, self._limit = loop, timeout, limit
+        self._pending: dict[web.RequestHandler, float] = {}  # insertion order is deadline order
+        self._timer: asyncio.TimerHandle | None = None
+        self.closed = Counter(
+            "scalechat_handshakes_closed_total",
+            "Connections closed before the WebSocket upgrade: 'timeout' (not upgraded within "
+            "handshake_seconds of being accepted) or 'overflow' (the oldest, when more than "
+            "max_pending_handshakes were waiting).", ["reason"], registry=registry)
+        for reason in ("timeout", "overflow"):
+            self.closed.labels(reason=reason)
+        Gauge("scalechat_pending_handshakes",
+              "Connections accepted and not yet upgraded (plain HTTP included).",
+              registry=registry).set_function(lambda: len(self._pending))
+        self.malformed = Counter("scalechat_http_malformed_requests_total",
+                                 "HTTP requests answered with 400 because they could not be parsed.",
+                                 registry=registry)
+        self.closures_log = IntervalLog(
+            loop, logging.WARNING, "connections closed before the WebSocket upgrade",
+            lambda: f"; {len(self._pending)} pending (limit {limit}, deadline {timeout:g} s)")
+        self.malformed_log = IntervalLog(loop, logging.INFO,
+                                         "malformed HTTP requests answered with 400")
+
+    def opened(self, handler: web.RequestHandler) -> None:
+        self._pending[handler] = self._loop.time() + self._timeout
+        if self._timer is None:
+            self._arm()
+        if len(self._pending) > self._limit:
+            self._drop(next(iter(self._pending)), "overflow")
+
+    def done(self, handler: web.RequestHandler) -> None:
+        """Upgraded or closed: no longer pending."""
+        self._pending.pop(handler, None)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.closures_log.close()
+        self.malformed_log.close()
+
+    def _arm(self) -> None:
+        if self._pending:
+            self._timer = self._loop.call_at(next(iter(self._pending.values())), self._expire)
+        else:
+            self._timer = None
+
+    def _expire(self) -> None:
+        now = self._loop.time()
+        pending = self._pending
+        while pending:
+            handler, deadline = next(iter(pending.items()))
+            if deadline > now:
+                break
+            self._drop(handler, "timeout")
+        self._arm()
+
+    def _drop(self, handler: web.RequestHandler, reason: str) -> None:
+        del self._pending[handler]
+        if handler.transport is not None:
+            handler.transport.abort()  # close() would wait for a client that does not read
+        handler.force_close()
+        self.closed.labels(reason=reason).inc()
+        self.closures_log.note(reason)
+
+    def note_malformed(self, remote: str | None, exc: HttpProcessingError) -> str:
+        """Count a request aiohttp could not parse; return the reason for the 400 body."""
+        reason = _malformed_reason(exc)
+        self.malformed.inc()
+        self.malformed_log.note(reason, f"from {remote}")
+        return reason
+
+
+def _malformed_reason(exc: HttpProcessingError) -> str:
+    # Our own words: aiohttp's messages quote the client's bytes back in Python reprs.
+    if isinstance(exc, LineTooLong):
+        return "request line or header too long"
+    if isinstance(exc, BadHttpMethod):
+        return "invalid method"
+    if isinstance(exc, BadStatusLine):
+        return "invalid request line"
+    if isinstance(exc, InvalidHeader):
+        return "invalid header"
+    if isinstance(exc, InvalidURLError):
+        return "invalid URL"
+    return "malformed request head"
+
+
+class CheckedReader:
+    """aiohttp's frame reader behind a :class:`ClientFrameCheck`.
+
+    The protocol calls ``feed_data`` and ``feed_eof``; everything that passes
+    the check goes to the reader unchanged. On a violation the reader gets the
+    bytes before the offending frame and then a frame it rejects itself with
+    1002: its message queue is private (a C attribute), so this is the one way
+    to fail the connection through aiohttp's own path, the same as for the
+    rules it checks: the handler's ``receive()`` gets the error, a close frame
+    with 1002 is sent and the transport closed.
+    """
+
+    __slots__ = ("_reader", "_check")
+
+    def __init__(self, reader: Any) -> None:
+        self._reader = reader
+        self._check = ClientFrameCheck()
+
+    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+        if self._check.violation is not None:
+            return True, b""
+        passed, violation = self._check.feed(data)
+        if violation is None:
+            return self._reader.feed_data(passed) if passed else (False, b"")
+        log.debug("failing a WebSocket: %s", violation.reason)
+        return self._reader.feed_data(passed + _REJECTED_BY_READER)
+
+    def feed_eof(self) -> None:
+        self._reader.feed_eof()
+
+
+class GatedRequestHandler(web.RequestHandler):
+    """aiohttp's connection protocol, reporting to a :class:`HandshakeGate`."""
+
+    __slots__ = ("_gate",)
+
+    def __init__(self, manager: web.Server, gate: HandshakeGate, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._gate = gate
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._gate.opened(self)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._gate.done(self)
+        super().connection_lost(exc)
+
+    def set_parser(self, parser: Any, data_received_cb: Callable[[], None] | None = None) -> None:
+        # Called by WebSocketResponse.prepare() at the upgrade, before any
+        # bytes that followed the request head reach the reader.
+        self._gate.done(self)
+        super().set_parser(CheckedReader(parser), data_received_cb)
+
+    def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if status == 400 and isinstance(exc, HttpProcessingError):
+            reason = self._gate.note_malformed(request.remote, exc)
+            response = web.Response(status=400, text=f"malformed HTTP request: {reason}\n")
+            response.force_close()
+            return response
+        return super().handle_error(request, status, exc, message)
+
+
+async def listen(runner: web.AppRunner, settings: Settings,
+                 registry: CollectorRegistry) -> tuple[asyncio.Server, HandshakeGate]:
+    """Listen on ``settings.host:port``; every connection goes through the gate.
+
+    Used instead of ``web.TCPSite`` because a site builds aiohttp's own
+    RequestHandler. ``runner`` must be set up; close the returned server before
+    ``runner.cleanup()``.
+    """
+    loop = asyncio.get_running_loop()
+    gate = HandshakeGate(loop, settings.handshake_seconds, settings.max_pending_handshakes,
+                         registry)
+    server = runner.server
+    assert server is not None, "runner.setup() first"
+
+    def protocol() -> GatedRequestHandler:
+        return GatedRequestHandler(server, gate, loop=loop, access_log=None)
+
+    listener = await loop.create_server(protocol, settings.host, settings.port,
+                                        reuse_address=True, backlog=BACKLOG)
+    return listener, gate
