@@ -98,6 +98,27 @@ async def test_half_open_requests_are_closed_at_the_deadline_while_real_clients_
         await real_client_gets_through(session, server, "after")
 
 
+async def test_a_slow_body_and_an_idle_keep_alive_connection_are_closed_at_the_deadline(
+        start_server):
+    deadline = 1.5
+    server = start_server("--handshake-seconds", str(deadline))
+    loop = asyncio.get_running_loop()
+    opened = loop.time()
+    slow_body = (b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\n"
+                 + b"x" * 10)  # answered, then the rest of the body never comes
+    idle = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"  # answered, then kept alive
+    streams = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(2)]
+    for (reader, writer), request in zip(streams, (slow_body, idle)):
+        writer.write(request)
+    for reader, writer in streams:
+        async with asyncio.timeout(deadline + 3):
+            received = await reader.read()  # until the server closes
+        assert received.startswith(b"HTTP/1.1 200 ") and b'{"status": "ok"}' in received
+        assert deadline - 0.2 <= loop.time() - opened <= deadline + 2
+        writer.close()
+    assert server.metric("scalechat_handshakes_closed_total", 'reason="timeout"') == 2
+
+
 async def test_beyond_the_cap_the_oldest_half_open_connection_is_closed(start_server):
     cap = 50
     server = start_server("--max-pending-handshakes", str(cap), "--handshake-seconds", "60")
