@@ -28,7 +28,7 @@ import numpy as np
 
 from scalechat.eventlog import EventLogError, SenderEcho, read_event_log
 from scalechat.histogram import LogHistogram
-from scalechat.results import read_results_dir
+from scalechat.results import Timeline, read_results_dir
 
 EVENT_SHARD = re.compile(r"^events-shard-\d+-of-\d+(-w\d+)?\.csv$")  # as the load generator names them
 EPOCH_2001_NS = 10**18  # earlier "times" are a monotonic clock, not a date: no window
@@ -59,6 +59,16 @@ class Stage:
     errors: dict[str, int] = field(default_factory=dict)
     send_lag: LogHistogram | None = None  # event logs: sent - scheduled
     senders: SenderEcho | None = None  # event logs: echo latency per sender
+    send_lag_max: float | None = None  # results: seconds the generator's sends fell behind, at most
+    timeline: Timeline | None = None  # results: the stage over time
+    planned: dict[str, Any] = field(default_factory=dict)  # run.json's stage spec (rooms, clientsPerRoom, rate)
+
+    @property
+    def lag_max(self) -> float | None:
+        """The generator's worst delay behind its timetable, from whichever source knows it."""
+        if self.send_lag_max is not None:
+            return self.send_lag_max
+        return float(self.send_lag.max) if self.send_lag is not None and self.send_lag.count else None
 
     @property
     def delivery_ratio(self) -> float | None:
@@ -79,6 +89,13 @@ class Run:
     @property
     def interrupted(self) -> bool:
         return bool(self.info.get("interrupted"))
+
+    @property
+    def slo(self) -> dict[str, Any]:
+        """The run's ``spec.slo`` ({} when run.json has none: an event log alone)."""
+        spec = self.info.get("spec")
+        slo = spec.get("slo") if isinstance(spec, dict) else None
+        return dict(slo) if isinstance(slo, dict) else {}
 
 
 def load(paths: Sequence[str | Path]) -> list[Run]:
@@ -124,7 +141,8 @@ def load_results_dir(path: Path) -> Run:
               ended_at=s.ended_at or None, sent=s.sent, expected=s.expected, received=s.received,
               duplicates=s.duplicates, delivery=s.delivery, echo=s.echo, out_of_order=s.out_of_order,
               late=s.late, connections=s.connections, connect_errors=s.connect_errors,
-              errors=dict(s.errors))
+              errors=dict(s.errors), send_lag_max=s.send_lag_max,
+              timeline=s.timeline if len(s.timeline) else None, planned=_planned(info, s.index))
         for s in results)
     name = (info.get("metadata") or {}).get("name") if isinstance(info.get("metadata"), dict) else None
     return Run(label=str(name or path.resolve().name), source=path, kind="results", stages=stages,
@@ -158,7 +176,8 @@ def load_event_logs(paths: Iterable[Path], *, label: str, source: Path) -> Run:
               ended_at=_seconds(max(m["last"])), sent=m["sent"], expected=None,
               received=m["received"], duplicates=m["duplicates"],
               delivery=LogHistogram.merged(m["delivery"]), echo=LogHistogram.merged(m["echo"]),
-              send_lag=LogHistogram.merged(m["send_lag"]), senders=_merge_senders(m["senders"]))
+              send_lag=LogHistogram.merged(m["send_lag"]), senders=_merge_senders(m["senders"]),
+              planned=_planned(info, i))
         for i, m in sorted(merged.items()))
     return Run(label=label, source=source, kind="events", stages=stages, info=info, files=tuple(paths))
 
@@ -179,6 +198,13 @@ def _run_json(directory: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return info if isinstance(info, dict) else {}
+
+
+def _planned(info: dict[str, Any], index: int) -> dict[str, Any]:
+    planned = info.get("stages")
+    if isinstance(planned, list) and index < len(planned) and isinstance(planned[index], dict):
+        return dict(planned[index])
+    return {}
 
 
 def _planned_stage_names(info: dict[str, Any]) -> dict[int, str]:

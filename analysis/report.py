@@ -17,29 +17,35 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from scalechat.analysis.experiment import slo_text
 from scalechat.analysis.load import Run
 from scalechat.analysis.prometheus import ServerSide
-from scalechat.analysis.summary import COLUMNS, SERVER_COLUMNS
+from scalechat.analysis.summary import COLUMNS, REPLICA_COLUMNS, SERVER_COLUMNS
+from scalechat.slo import GENERATOR_BEHIND_SECONDS
 
 STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; padding: 0 1em; }
 h1 { font-size: 1.6em; } h2 { margin-top: 2em; border-bottom: 1px solid #ccc; }
 table { border-collapse: collapse; margin: 0.5em 0; font-size: 0.85em; }
-th, td { border: 1px solid #ddd; padding: 0.25em 0.5em; text-align: right; vertical-align: top; }
-th { background: #f4f4f4; } td.text, th.text { text-align: left; overflow-wrap: anywhere; }
+th, td { border: 1px solid #ddd; padding: 0.25em 0.5em; text-align: right; vertical-align: top;
+         white-space: nowrap; }
+th { background: #f4f4f4; } td.text, th.text { text-align: left; }
+td.wrap { white-space: normal; min-width: 14em; text-align: left; }
+tr.behind td { background: #fff1e0; } tr.failed td.verdict { color: #c62828; }
+td.verdict { font-weight: bold; text-align: center; } tr.passed td.verdict { color: #2a7d2a; }
 .warning { background: #fff3cd; border: 1px solid #e0c060; padding: 0.5em 1em; }
+.verdict-line { font-size: 1.1em; } .pass { color: #2a7d2a; } .fail { color: #c62828; }
 figure { margin: 1em 0; } img { max-width: 100%; height: auto; }
 pre { background: #f8f8f8; padding: 0.5em; overflow-x: auto; font-size: 0.8em; }
 details { margin: 0.5em 0; } .scroll { overflow-x: auto; }
 """
 
-# The summary table: the columns one reads first (the CSV has them all).
-TABLE = (("config", "config"), ("stage_name", "stage"), ("sent", "sent"), ("expected", "expected"),
-         ("received", "received"), ("delivery_ratio", "received / expected"),
-         ("delivery_p50_s", "p50"), ("delivery_p90_s", "p90"), ("delivery_p99_s", "p99"),
-         ("delivery_p99_9_s", "p99.9"), ("delivery_max_s", "max"), ("delivery_mean_s", "mean"),
-         ("delivery_std_s", "std"), ("echo_p50_s", "echo p50"), ("echo_p99_s", "echo p99"),
-         ("duplicates", "dup."), ("errors", "errors"))
+# A run's table: the columns one reads first (summary.csv has them all). Latencies in ms.
+TABLE = (("stage_name", "stage"), ("slo_passed", "SLO"), ("rooms", "rooms"), ("clients_per_room", "clients/room"),
+         ("rate", "msg/s each"), ("sent", "sent"), ("received", "received"),
+         ("delivery_ratio", "delivered"), ("delivery_p50_s", "p50 ms"), ("delivery_p90_s", "p90 ms"),
+         ("delivery_p99_s", "p99 ms"), ("delivery_p99_9_s", "p99.9 ms"), ("delivery_max_s", "max ms"),
+         ("errors", "errors"), ("send_lag_max_s", "generator behind"), ("slo_failures", "why not"))
 
 
 @dataclass(frozen=True)
@@ -50,8 +56,10 @@ class Figure:
 
 
 def render(*, title: str, runs: Sequence[Run], rows: Sequence[Mapping[str, Any]],
-           figures: Sequence[Figure], server: ServerSide | None = None,
-           server_rows: Sequence[Mapping[str, Any]] = (), notes: Sequence[str] = ()) -> str:
+           figures: Mapping[str, Sequence[Figure]], server: ServerSide | None = None,
+           server_rows: Sequence[Mapping[str, Any]] = (), replica_rows: Sequence[Mapping[str, Any]] = (),
+           notes: Sequence[str] = ()) -> str:
+    """The page: per run (experiment) its verdict, charts and table; then the server side and the facts."""
     generated = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     parts = [f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
              f"<title>{_e(title)}</title><style>{STYLE}</style></head><body>",
@@ -59,23 +67,32 @@ def render(*, title: str, runs: Sequence[Run], rows: Sequence[Mapping[str, Any]]
              f"<p>Generated {generated} by <code>scalechat analyze</code> from "
              f"{', '.join(f'<code>{_e(str(run.source))}</code>' for run in runs)}. Latencies in "
              f"milliseconds, from each message's scheduled send time; <em>delivery</em> counts every "
-             f"receipt, <em>echo</em> only the sender's own copy.</p>"]
+             f"receipt, <em>echo</em> only the sender's own copy. Stages where the load generator fell "
+             f"more than {GENERATOR_BEHIND_SECONDS * 1000:.0f} ms behind its own timetable are hatched on "
+             f"the charts and shaded in the tables: their latencies include the generator's delay.</p>"]
     for run in runs:
         if run.interrupted:
             parts.append(f"<p class=\"warning\">Run <b>{_e(run.label)}</b> was interrupted: its last "
                          f"stage may be partial.</p>")
     parts.extend(f"<p class=\"warning\">{_e(note)}</p>" for note in notes)
-    parts.append("<h2>Summary</h2>")
-    parts.append(_table(rows, TABLE, "summary"))
-    client = [f for f in figures if not f.file_name.startswith("server")]
-    parts.append("<h2>Client side</h2>")
-    parts.extend(_figure(f) for f in client)
+    for run in runs:
+        mine = [r for r in rows if r["config"] == run.label]
+        parts.append(f"<h2>{_e(run.label)}</h2>")
+        parts.append(_verdict_line(run, mine))
+        parts.append(_table(mine, TABLE, "summary", row_class=_row_class))
+        parts.extend(_figure(f) for f in figures.get(run.label, ()) if not f.file_name.endswith("-server.png"))
     parts.append("<h2>Server side</h2>")
     if server is None:
         parts.append("<p>No server-side series (run with <code>--prometheus URL</code> to add them).</p>")
     else:
-        parts.extend(_figure(f) for f in figures if f.file_name.startswith("server"))
-        parts.append(_table(server_rows, [(c, c) for c in SERVER_COLUMNS], "server"))
+        parts.append(f"<p>From <code>{_e(server.url)}</code>, {len(server.instances)} replica(s): "
+                     f"{_e(', '.join(server.instances))}. <em>Imbalance</em> is the busiest replica over the "
+                     f"average one (1.00: an even split; N: everything on one of N).</p>")
+        for run in runs:
+            parts.extend(_figure(f) for f in figures.get(run.label, ()) if f.file_name.endswith("-server.png"))
+        parts.append(_table(server_rows, SERVER_TABLE, "server"))
+        parts.append("<h3>Per replica</h3>")
+        parts.append(_table(replica_rows, [(c, c.replace("_", " ")) for c in REPLICA_COLUMNS], "replicas"))
         parts.append("<details><summary>PromQL</summary><pre>"
                      + _e("\n".join(f"{k}: {q}" for k, q in server.queries.items())) + "</pre></details>")
     parts.append("<h2>Runs</h2>")
@@ -86,13 +103,44 @@ def render(*, title: str, runs: Sequence[Run], rows: Sequence[Mapping[str, Any]]
     return "\n".join(parts)
 
 
+SERVER_TABLE = [(c, c.replace("_", " ")) for c in SERVER_COLUMNS if c not in ("config",)]
+
+
+def _verdict_line(run: Run, rows: Sequence[Mapping[str, Any]]) -> str:
+    text = slo_text(run)
+    behind = [r["stage_name"] for r in rows if r.get("generator_behind")]
+    behind_html = (f" <span class=\"fail\">⚠</span> The generator fell behind in {len(behind)} stage(s): "
+                   f"{_e(', '.join(behind))}." if behind else "")
+    if text is None or all(r.get("slo_passed") is None for r in rows):
+        return f"<p>No SLO verdict (an event log, or no SLO recorded).{behind_html}</p>"
+    failed = [r["stage_name"] for r in rows if r.get("slo_passed") is False]
+    if failed:
+        verdict = (f"<span class=\"fail\">✗ {len(failed)} of {len(rows)} stage(s) missed it</span>: "
+                   f"{_e(', '.join(failed))}")
+    else:
+        verdict = f"<span class=\"pass\">✓ all {len(rows)} stage(s) met it</span>"
+    return f"<p class=\"verdict-line\">SLO <code>{_e(text)}</code>: {verdict}.{behind_html}</p>"
+
+
+def _row_class(row: Mapping[str, Any]) -> str:
+    classes = []
+    if row.get("generator_behind"):
+        classes.append("behind")
+    if row.get("slo_passed") is True:
+        classes.append("passed")
+    elif row.get("slo_passed") is False:
+        classes.append("failed")
+    return " ".join(classes)
+
+
 def _figure(figure: Figure) -> str:
     data = base64.b64encode(figure.png).decode("ascii")
     return (f"<figure><img alt=\"{_e(figure.caption)}\" src=\"data:image/png;base64,{data}\">"
             f"<figcaption>{_e(figure.caption)} (<code>{_e(figure.file_name)}</code>)</figcaption></figure>")
 
 
-def _table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]], name: str) -> str:
+def _table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]], name: str,
+           row_class=None) -> str:
     if not rows:
         return "<p>No rows.</p>"
     head = "".join(f"<th class=\"{_align(key)}\">{_e(label)}</th>" for key, label in columns)
@@ -100,33 +148,50 @@ def _table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]]
     for row in rows:
         cells = "".join(f"<td class=\"{_align(key)}\">{_e(_format(key, row.get(key)))}</td>"
                         for key, _ in columns)
-        body.append(f"<tr>{cells}</tr>")
+        css = row_class(row) if row_class else ""
+        body.append(f"<tr class=\"{css}\">{cells}</tr>" if css else f"<tr>{cells}</tr>")
     return (f"<div class=\"scroll\"><table class=\"{name}\"><thead><tr>{head}</tr></thead>"
             f"<tbody>{''.join(body)}</tbody></table></div>")
 
 
-TEXT_COLUMNS = {"config", "stage_name", "source", "error_kinds"}
+TEXT_COLUMNS = {"config", "stage_name", "source", "error_kinds", "replica"}
+WRAP_COLUMNS = {"slo_failures", "error_kinds"}
 SECONDS = re.compile(r"_(p\d+(_\d+)?|max|mean|std)_s(_mean|_max)?$")  # latencies: shown in ms
 
 
 def _align(key: str) -> str:
+    if key in WRAP_COLUMNS:
+        return "wrap"
+    if key == "slo_passed":
+        return "verdict"
     return "text" if key in TEXT_COLUMNS else "num"
 
 
 def _format(key: str, value: Any) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
+    if key == "slo_passed":
+        return "✓" if value else "✗"
+    if key == "generator_behind":
+        return "yes" if value else "no"
+    if key == "send_lag_max_s":
+        return f"⚠ {value * 1000:,.0f} ms" if value > GENERATOR_BEHIND_SECONDS else ""
     if SECONDS.search(key):
-        return f"{value * 1000:.3g}"  # seconds -> ms
+        ms = value * 1000  # seconds -> ms
+        return f"{ms:,.0f}" if ms >= 100 else f"{ms:.3g}"
     if key in ("delivery_ratio",):
         return f"{value:.2%}"
+    if key == "delivered_share":
+        return f"{value:.1%}"
+    if key.endswith("_imbalance"):
+        return f"{value:.2f}"
     if key in ("started_at", "ended_at"):
         return datetime.datetime.fromtimestamp(value, datetime.UTC).strftime("%H:%M:%S")
-    if key == "memory_bytes_mean" or key == "memory_bytes_max":
+    if key.startswith("memory_bytes"):
         return f"{value / 2**20:.1f} MiB"
     if isinstance(value, float):
         return f"{value:.4g}"
-    if isinstance(value, int):
+    if isinstance(value, int) and not isinstance(value, bool):
         return f"{value:,}"
     return str(value)
 

@@ -14,7 +14,7 @@ import pytest
 from scalechat.analysis import cli
 from scalechat.histogram import LogHistogram
 from scalechat.hostinfo import host_facts
-from scalechat.results import StageResult, write_json_atomic, write_shard
+from scalechat.results import StageResult, Timeline, write_json_atomic, write_shard
 
 T0 = 1_732_700_000.0
 STAGE_SECONDS = 20.0
@@ -29,6 +29,8 @@ class KnownStage:
     expected: int
     received: int
     errors: dict[str, int]
+    members: int = 4
+    lag: float = 0.0  # seconds the generator fell behind
 
 
 def known_stages(seed: int = 1, scale: float = 1.0) -> list[KnownStage]:
@@ -41,7 +43,8 @@ def known_stages(seed: int = 1, scale: float = 1.0) -> list[KnownStage]:
         received = int(expected * (1 - loss))
         delivery = rng.lognormal(np.log(median * scale), 0.8, received)
         stages.append(KnownStage(f"clients={members * 10}", delivery, delivery[:sent], sent, expected,
-                                 received, {"rate_limited": 3 * i, "close_1013": i // 2} if i else {}))
+                                 received, {"rate_limited": 3 * i, "close_1013": i // 2} if i else {},
+                                 members=members, lag=0.3 if i == 2 else 0.0))
     return stages
 
 
@@ -59,17 +62,26 @@ def write_results_dir(path: Path, stages: list[KnownStage], *, shards: int = 2, 
             delivery.record_many(stage.delivery[shard::shards])
             echo.record_many(stage.echo[shard::shards])
             start = t0 + index * stage_seconds
+            timeline = Timeline(1.0)
+            bins = np.array_split(stage.delivery[shard::shards], int(stage_seconds))
+            for k, values in enumerate(bins):
+                counts = LogHistogram()
+                counts.record_many(values)
+                timeline.add(k, sent=part(stage.sent) // len(bins), lag=stage.lag if k == 1 else 0.0,
+                             buckets=counts.counts)
             results.append(StageResult(
                 index=index, name=stage.name, started_at=start + 0.01 * shard,
                 ended_at=start + stage_seconds - 0.01 * shard, sent=part(stage.sent),
                 expected=part(stage.expected), received=part(stage.received), duplicates=1,
                 connections=part(40), errors=Counter({k: part(v) for k, v in stage.errors.items()}),
-                delivery=delivery, echo=echo))
+                delivery=delivery, echo=echo, send_lag_max=stage.lag, timeline=timeline))
         write_shard(path, shard, shards, results)
     write_json_atomic(path / "run.json", {
         "format": 1, "spec": {"target": "ws://127.0.0.1:8080", "rooms": 10,
-                              "stages": [{"name": s.name, "seconds": stage_seconds} for s in stages]},
-        "metadata": {"name": name}, "stages": [{"name": s.name} for s in stages],
+                              "stages": [{"name": s.name, "seconds": stage_seconds} for s in stages],
+                              "slo": {"p99Seconds": 1.0, "deliveryRatio": 0.999}},
+        "metadata": {"name": name},
+        "stages": [{"name": s.name, "rooms": 1, "clientsPerRoom": s.members, "rate": 1.0} for s in stages],
         "generator": host_facts(), "server": {"node": "replica-0", "host": {"cpu_model": "Test CPU 9000"}},
         "shards": shards, "workers": 1, "started_at": t0,
         "finished_at": t0 + len(stages) * stage_seconds, "interrupted": interrupted})

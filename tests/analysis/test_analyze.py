@@ -20,8 +20,8 @@ from scalechat.analysis.load import load
 from scalechat.eventlog import EventLogWriter
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
-PNGS = ("latency-percentiles-2s.png", "latency-percentiles-log.png", "latency-mean-std.png",
-        "sent-expected-received.png")
+PNGS = ("latency.png", "throughput.png", "over-time.png")  # one set per run, prefixed with the run's name
+SIZES = {"latency.png": (1000, 550), "throughput.png": (1000, 550), "over-time.png": (1000, 700)}
 
 
 @pytest.fixture(scope="module")
@@ -73,12 +73,33 @@ def png_size(path: Path) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])
 
 
-def test_plots_are_pngs_of_the_promised_size(report):
+def test_one_set_of_plots_per_run_of_the_promised_size(report):
     import matplotlib.image
-    for name in PNGS:
-        assert png_size(report.out / name) == (1000, 550), name
-        pixels = matplotlib.image.imread(report.out / name)
-        assert pixels.shape[:2] == (550, 1000) and pixels.std() > 0.01, f"{name} is blank"
+    for run in ("baseline", "tuned"):
+        for name in PNGS:
+            path = report.out / f"{run}-{name}"
+            assert png_size(path) == SIZES[name], path.name
+            pixels = matplotlib.image.imread(path)
+            assert pixels.std() > 0.01, f"{path.name} is blank"
+
+
+def test_verdicts_and_generator_lag_are_in_the_csv(report, csv_rows):
+    rows = csv_rows(report.out / "summary.csv")[:3]
+    assert [(r["clients_per_room"], r["slo_passed"], r["generator_behind"]) for r in rows] == [
+        ("4", "True", "False"), ("8", "True", "False"), ("16", "False", "True")]
+    assert rows[2]["slo_failures"].startswith("p99 ") and "delivery 80% < 99.9%" in rows[2]["slo_failures"]
+    assert float(rows[2]["send_lag_max_s"]) == 0.3
+
+
+def test_the_stepped_dimension_is_the_x_axis(results_dir, make_stages):
+    from scalechat.analysis.experiment import stepped_axis
+    run = load([results_dir("seedlike", make_stages())])[0]
+    axis = stepped_axis(run)
+    assert (axis.label, axis.positions, axis.numeric) == ("clients (one room)", (4.0, 8.0, 16.0), True)
+    mixed = load([results_dir("mixed", make_stages())])[0]
+    for stage, rooms in zip(mixed.stages, (1, 2, 4)):
+        stage.planned["rooms"] = rooms  # rooms and clients both step: no single dimension
+    assert stepped_axis(mixed).numeric is False and stepped_axis(mixed).names == tuple(s.name for s in mixed.stages)
 
 
 def test_html_report_renders_offline_in_chromium(report):
@@ -96,18 +117,37 @@ def test_html_report_renders_offline_in_chromium(report):
             page.wait_for_load_state("load")
             images = page.evaluate(
                 "Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.naturalHeight])")
-            assert images == [[True, 1000, 550]] * 4
+            assert images == [[True, 1000, 550], [True, 1000, 550], [True, 1000, 700]] * 2
             assert page.inner_text("h1") == "Fixture <b>run</b>"  # escaped, shown as text
+            assert page.eval_on_selector_all("h2", "hs => hs.map(h => h.innerText)")[:2] == ["baseline", "tuned"]
             table = page.eval_on_selector_all(
                 "table.summary tbody tr", "rows => rows.map(r => Array.from(r.cells).map(c => c.innerText))")
             assert [(r[0], r[1]) for r in table] == [
-                (c, n) for c in ("baseline", "tuned") for n in ("clients=40", "clients=80", "clients=160")]
-            assert table[2][5] == "80.00%"
+                (n, v) for _ in ("baseline", "tuned") for n, v in (("clients=40", "✓"), ("clients=80", "✓"),
+                                                                   ("clients=160", "✗"))]
+            assert table[2][7] == "80.00%" and table[2][14] == "⚠ 300 ms"
+            behind = page.eval_on_selector_all("table.summary tr.behind td:first-child", "cs => cs.map(c => c.innerText)")
+            assert behind == ["clients=160", "clients=160"]
+            # No cell breaks inside a word: every text cell of a run's table is one line high.
+            lines = page.eval_on_selector_all(
+                "table.summary td.text, table.summary td.num, table.summary th",
+                """cs => cs.map(c => { const r = document.createRange(); r.selectNodeContents(c);
+                       return new Set(Array.from(r.getClientRects()).map(b => Math.round(b.top))).size; })""")
+            assert set(lines) <= {0, 1}, lines
             text = page.inner_text("body")
+            assert "SLO p99 <= 1s, delivery >= 99.9%: ✗ 1 of 3 stage(s) missed it: clients=160." in text
+            assert "The generator fell behind in 1 stage(s): clients=160." in text
             assert "Run tuned was interrupted" in text
             assert "Test CPU 9000" in text and "rate_limited" in text and "close_1013" in text
             assert "ws://127.0.0.1:8080" in text  # the spec
             assert all(url.startswith(("file:", "data:")) for url in requested), requested
+            # The screenshot a reader sees first: kept beside the report, and not blank.
+            shot = report.out / "report-screenshot.png"
+            page.set_viewport_size({"width": 1200, "height": 900})
+            page.screenshot(path=str(shot))
+            import matplotlib.image
+            pixels = matplotlib.image.imread(shot)
+            assert pixels.shape[:2] == (900, 1200) and pixels.std() > 0.05
         finally:
             browser.close()
 
@@ -131,7 +171,7 @@ def test_default_output_is_beside_the_first_input(results_dir, make_stages, anal
     outcome = analyze(run)
     assert outcome.code == 0
     assert sorted(p.name for p in (run / "report").iterdir()) == sorted(
-        ["summary.csv", "report.html", *PNGS])
+        ["summary.csv", "report.html", "run-latency.png", "run-throughput.png", "run-over-time.png"])
 
 
 def corrupt_shard(d: Path) -> None:

@@ -77,12 +77,12 @@ def query(url: str, promql: str) -> list:
 
 @pytest.fixture
 def prometheus_scraping(tmp_path):
-    """Prometheus scraping two chat replicas (0.5 cores, 50 MiB, 100 msg/s each) and a decoy
-    exporter that is no chat server (5 cores, 1 GiB: must not be counted)."""
+    """Prometheus scraping two chat replicas (0.5 cores and 50 MiB each; 100 and 300 msg/s: one
+    busier) and a decoy exporter that is no chat server (5 cores, 1 GiB: must not be counted)."""
     binary = shutil.which("prometheus")
     assert binary, "Debian's prometheus is not installed (make test installs it)"
     exporters = [Exporter(scalechat=True, cpu=0.5, memory=50 * MiB, received=100.0),
-                 Exporter(scalechat=True, cpu=0.5, memory=50 * MiB, received=100.0),
+                 Exporter(scalechat=True, cpu=0.5, memory=50 * MiB, received=300.0),
                  Exporter(scalechat=False, cpu=5.0, memory=1024 * MiB)]
     targets = tmp_path / "targets.json"
     targets.write_text(json.dumps([{"targets": [f"127.0.0.1:{e.port}" for e in exporters]}]))
@@ -135,14 +135,24 @@ def test_server_side_per_stage_from_a_real_prometheus(prometheus_scraping, resul
         assert float(row["replicas_mean"]) == 2
         assert float(row["memory_bytes_max"]) == 100 * MiB  # the decoy's 1 GiB left out
         assert float(row["cpu_cores_mean"]) == pytest.approx(1.0, rel=0.1)
-        assert float(row["received_per_s_mean"]) == pytest.approx(200, rel=0.1)
-        assert float(row["delivered_per_s_mean"]) == pytest.approx(800, rel=0.1)
+        assert float(row["received_per_s_mean"]) == pytest.approx(400, rel=0.1)
+        assert float(row["delivered_per_s_mean"]) == pytest.approx(1600, rel=0.1)
+        # The busier replica does 1200 of the 1600 deliveries/s: 1.5x the average replica's 800.
+        assert float(row["delivered_imbalance"]) == pytest.approx(1.5, rel=0.1)
+        assert float(row["cpu_imbalance"]) == pytest.approx(1.0, rel=0.1)
         # Every observation in the (1 ms, 10 ms] bucket: histogram_quantile interpolates linearly.
         assert float(row["processing_p50_s_mean"]) == pytest.approx(0.0055, rel=1e-6)
         assert float(row["processing_p99_s_max"]) == pytest.approx(0.00991, rel=1e-6)
+    replicas = csv_rows(tmp_path / "out" / "server-replicas.csv")
+    assert len(replicas) == 4 and len({r["replica"] for r in replicas}) == 2
+    for row in replicas:
+        share = float(row["delivered_share"])
+        assert share == pytest.approx(0.25, rel=0.1) or share == pytest.approx(0.75, rel=0.1)
+        assert float(row["cpu_cores_mean"]) == pytest.approx(0.5, rel=0.1)
+        assert float(row["memory_bytes_max"]) == 50 * MiB
     html = (tmp_path / "out" / "report.html").read_text()
-    assert html.count("<img ") == 5 and "server.png" in html and "table class=\"server\"" in html
-    png = (tmp_path / "out" / "server.png").read_bytes()
+    assert html.count("<img ") == 4 and "run-server.png" in html and "table class=\"replicas\"" in html
+    png = (tmp_path / "out" / "run-server.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert png[16:24] == (1000).to_bytes(4, "big") + (700).to_bytes(4, "big")  # IHDR width, height
 
@@ -156,13 +166,15 @@ def test_unreachable_prometheus_is_a_warning_and_the_report_is_still_written(res
                                   f"server side: {url}: unreachable") and outcome.err.count("\n") == 1
     assert not (tmp_path / "out" / "server.csv").exists()
     html = (tmp_path / "out" / "report.html").read_text()
-    assert "Prometheus not usable" in html and html.count("<img ") == 4
+    assert "Prometheus not usable" in html and html.count("<img ") == 3
 
 
 def test_the_queries_name_metrics_the_chat_server_exports(chat_server):
     exported = urllib.request.urlopen(chat_server.metrics_url, timeout=5).read().decode()
     names = {name for query in prometheus.QUERIES.values()
              for name in re.findall(r"\b(?:scalechat|process)_\w+", query)}
+    names |= {name for query in prometheus.PER_REPLICA.values()
+              for name in re.findall(r"\b(?:scalechat|process)_\w+", query)}
     assert len(names) == 6
     for name in names:
         assert re.search(rf"^{name}(\{{|\s)", exported, re.M), f"the server does not export {name}"
