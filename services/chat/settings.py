@@ -232,7 +232,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             kwargs["choices"] = f.metadata["choices"]
         if isinstance(default, bool):
             kwargs["action"] = argparse.BooleanOptionalAction
-        else:
+        elif not f.metadata["choices"]:  # with choices, argparse shows them: {memory,redis}
             kwargs["metavar"] = type(default).__name__.upper() if not isinstance(default, tuple) else "LIST"
         parser.add_argument(f"--{flag(f.name)}", **kwargs)
 

@@ -24,14 +24,35 @@ SUBCOMMANDS = {
 }
 
 
+QUICK_START = """\
+quick start (README.md, "Quick start"):
+  make run                                         # or: scalechat serve
+  scalechat chat ws://127.0.0.1:8080/ws/lobby      # or open http://127.0.0.1:8080
+  scalechat load --url 'ws://127.0.0.1:8080/ws/{room}' --clients-per-room 10,50 --rate 1 --duration 10
+  scalechat analyze results/<run>
+
+'scalechat COMMAND --help' shows a command's flags and examples."""
+
+# Examples shown under a subcommand's flags, for modules whose --help has none of its own.
+EPILOGS = {
+    "serve": """\
+examples:
+  scalechat serve                                  # one process, memory broker, :8080 (metrics :9000)
+  scalechat serve --broker redis --redis-url redis://127.0.0.1:6379/0 --port 8081 --node-id a
+                                                   # a replica sharing rooms through Redis
+  SCALECHAT_LOG_LEVEL=debug scalechat serve        # every flag has an environment variable""",
+}
+
+
 def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
     """The parser; only ``selected``'s module is imported to add its flags."""
-    parser = argparse.ArgumentParser(prog="scalechat",
-                                     description="A WebSocket chat server built to be scaled.")
+    parser = argparse.ArgumentParser(prog="scalechat", description="A WebSocket chat server built to be scaled.",
+                                     epilog=QUICK_START, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"scalechat {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in SUBCOMMANDS.items():
-        child = sub.add_parser(name, help=help_text, description=help_text)
+        child = sub.add_parser(name, help=help_text, description=help_text, epilog=EPILOGS.get(name),
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
         if name == selected:
             module = importlib.import_module(module_name)
             module.add_arguments(child)
