@@ -4,7 +4,7 @@ aiohttp bounds the size of a request head (8190-byte lines, 128 headers) but
 not the time a client takes to send it, nor how many connections may sit
 unfinished: 2,000 clients sending one byte every 5 s can hold a process at its
 file-descriptor limit, where neither upgrades nor ``/healthz`` get through.
-:class:`HandshakeGate` bounds both:
+:class:`HandshakeGate` bounds time, count and bytes:
 
 * **a deadline**: a connection that has not upgraded to a WebSocket within
   ``handshake_seconds`` of being accepted is closed, whether it is still
@@ -12,14 +12,19 @@ file-descriptor limit, where neither upgrades nor ``/healthz`` get through.
 * **a cap**: at most ``max_pending_handshakes`` such connections are kept;
   one more closes the oldest. A half-open client is always older than the
   real client that arrives after it, so the real one gets through (refusing
-  the newest instead would let a few held sockets lock everyone out).
+  the newest instead would let a few held sockets lock everyone out);
+* **a byte budget**: a connection that sends more than
+  ``max_handshake_bytes`` before upgrading is closed. aiohttp's own limits
+  let one request head reach 1 MB (128 headers of 8190 bytes), and 200 such
+  heads held 390 MB of RSS; with the budget, pending connections hold at most
+  ``max_pending_handshakes`` x ``max_handshake_bytes`` of input.
 
 Closed connections are counted (``scalechat_handshakes_closed_total``) and
 logged in one line per interval, never one per connection.
 
 :class:`GatedRequestHandler` is aiohttp's per-connection protocol with three
-additions: it reports to the gate when it opens, upgrades and closes; after
-the upgrade it passes the client's bytes through
+additions: it reports to the gate when it opens, upgrades, closes or has sent
+too much; after the upgrade it passes the client's bytes through
 :class:`~scalechat.chat.wsguard.ClientFrameCheck`; and it answers a malformed
 HTTP request with a 400 of our own wording, logged like the closures instead
 of with a traceback per request.
@@ -106,16 +111,18 @@ class HandshakeGate:
     """Connections accepted and not yet upgraded, oldest first, each with its deadline."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float, limit: int,
-                 registry: CollectorRegistry) -> None:
+                 max_bytes: int, registry: CollectorRegistry) -> None:
         self._loop, self._timeout, self._limit = loop, timeout, limit
+        self.max_bytes = max_bytes
         self._pending: dict[web.RequestHandler, float] = {}  # insertion order is deadline order
         self._timer: asyncio.TimerHandle | None = None
         self.closed = Counter(
             "scalechat_handshakes_closed_total",
             "Connections closed before the WebSocket upgrade: 'timeout' (not upgraded within "
-            "handshake_seconds of being accepted) or 'overflow' (the oldest, when more than "
-            "max_pending_handshakes were waiting).", ["reason"], registry=registry)
-        for reason in ("timeout", "overflow"):
+            "handshake_seconds of being accepted), 'overflow' (the oldest, when more than "
+            "max_pending_handshakes were waiting) or 'too_big' (sent more than "
+            "max_handshake_bytes).", ["reason"], registry=registry)
+        for reason in ("timeout", "overflow", "too_big"):
             self.closed.labels(reason=reason)
         Gauge("scalechat_pending_handshakes",
               "Connections accepted and not yet upgraded (plain HTTP included).",
@@ -139,6 +146,10 @@ class HandshakeGate:
     def done(self, handler: web.RequestHandler) -> None:
         """Upgraded or closed: no longer pending."""
         self._pending.pop(handler, None)
+
+    def too_big(self, handler: web.RequestHandler) -> None:
+        """``handler`` received more than ``max_bytes`` before its upgrade."""
+        self._drop(handler, "too_big")
 
     def close(self) -> None:
         if self._timer is not None:
@@ -164,7 +175,7 @@ class HandshakeGate:
         self._arm()
 
     def _drop(self, handler: web.RequestHandler, reason: str) -> None:
-        del self._pending[handler]
+        self._pending.pop(handler, None)
         if handler.transport is not None:
             handler.transport.abort()  # close() would wait for a client that does not read
         handler.force_close()
@@ -228,11 +239,20 @@ class CheckedReader:
 class GatedRequestHandler(web.RequestHandler):
     """aiohttp's connection protocol, reporting to a :class:`HandshakeGate`."""
 
-    __slots__ = ("_gate",)
+    __slots__ = ("_gate", "_bytes_left")
 
     def __init__(self, manager: web.Server, gate: HandshakeGate, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._gate = gate
+        self._bytes_left: int | None = gate.max_bytes  # None once upgraded
+
+    def data_received(self, data: bytes) -> None:
+        if self._bytes_left is not None:
+            self._bytes_left -= len(data)
+            if self._bytes_left < 0:
+                self._gate.too_big(self)
+                return
+        super().data_received(data)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -246,6 +266,7 @@ class GatedRequestHandler(web.RequestHandler):
         # Called by WebSocketResponse.prepare() at the upgrade, before any
         # bytes that followed the request head reach the reader.
         self._gate.done(self)
+        self._bytes_left = None
         super().set_parser(CheckedReader(parser), data_received_cb)
 
     def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
@@ -268,7 +289,7 @@ async def listen(runner: web.AppRunner, settings: Settings,
     """
     loop = asyncio.get_running_loop()
     gate = HandshakeGate(loop, settings.handshake_seconds, settings.max_pending_handshakes,
-                         registry)
+                         settings.max_handshake_bytes, registry)
     server = runner.server
     assert server is not None, "runner.setup() first"
 

@@ -85,6 +85,10 @@ class Settings:
     max_pending_handshakes: int = _setting(
         1000, "Connections accepted and not yet upgraded (plain HTTP included); one more closes "
               "the oldest, so half-open clients cannot lock out new ones.", minimum=1)
+    max_handshake_bytes: int = _setting(
+        32768, "Bytes a connection may send before its WebSocket upgrade (request heads and "
+               "bodies); one that sends more is closed. With max_pending_handshakes it bounds the "
+               "memory half-open clients hold.", minimum=4096)
     send_buffer_bytes: int = _setting(
         1048576, "Outgoing bytes buffered per connection; a client that lets more pile up is "
                  "closed with 1013 'slow consumer'.", minimum=1024)

@@ -55,9 +55,10 @@ async def drip(clients: list[SlowClient], every: float) -> None:
                 client.transport.write(b"a")
 
 
-async def real_client_gets_through(session: aiohttp.ClientSession, server, room: str) -> None:
+async def real_client_gets_through(session: aiohttp.ClientSession, server, room: str,
+                                   headers: dict[str, str] | None = None) -> None:
     async with asyncio.timeout(5):
-        ws = await session.ws_connect(server.ws_url(room, "name=real"))
+        ws = await session.ws_connect(server.ws_url(room, "name=real"), headers=headers)
         assert json.loads((await ws.receive()).data)["type"] == "history"
         await ws.send_str(json.dumps({"type": "message", "text": "through", "cid": room}))
         while (frame := json.loads((await ws.receive()).data)).get("cid") != room:
@@ -117,6 +118,24 @@ async def test_a_slow_body_and_an_idle_keep_alive_connection_are_closed_at_the_d
         assert deadline - 0.2 <= loop.time() - opened <= deadline + 2
         writer.close()
     assert server.metric("scalechat_handshakes_closed_total", 'reason="timeout"') == 2
+
+
+async def test_a_connection_sending_more_than_its_byte_budget_before_upgrading_is_closed(
+        start_server):
+    server = start_server("--max-handshake-bytes", "8192")
+    headers = b"".join(b"X-Big-%d: %s\r\n" % (i, b"v" * 1000) for i in range(20))  # 20 KB
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(b"GET /ws/big HTTP/1.1\r\nHost: 127.0.0.1\r\n" + headers)
+    try:
+        async with asyncio.timeout(5):
+            assert await reader.read() == b""  # closed, nothing answered
+    except ConnectionResetError:  # closed with part of our head unread
+        pass
+    writer.close()
+    await eventually(lambda: server.metric("scalechat_handshakes_closed_total",
+                                           'reason="too_big"') == 1, 5, "the closure counted")
+    async with aiohttp.ClientSession() as session:  # a cookie of 6 KB is within the budget
+        await real_client_gets_through(session, server, "cookie", {"Cookie": "big=" + "c" * 6000})
 
 
 async def test_beyond_the_cap_the_oldest_half_open_connection_is_closed(start_server):
