@@ -4,10 +4,19 @@ Guarantees:
 
 * Output: history, then live messages, go to stdout as ``[hh:mm:ss] name: text``
   (local time of the server's ``ts``); status lines start with ``*`` (``* bob joined
-  (3 here)``); ``error`` frames go to stderr as ``! code: reason``. Every line is
-  flushed at once, so a pipe sees it. Control characters from peers are escaped.
-* Input: each non-blank stdin line is sent as one message with a fresh ``cid``.
-  stdin is read by a thread, so the event loop never blocks on it.
+  (3 here)``); ``error`` frames and local complaints go to stderr as ``! ...``.
+  Every line is flushed at once, so a pipe sees it. Control characters from peers
+  are escaped. On a terminal, lines arrive above the line being typed (readline),
+  which is redrawn under them.
+* Input: each non-blank line is sent as one message with a fresh ``cid``, except
+  commands, answered here and never sent: ``/help``, ``/quit``, ``/who`` and any
+  other ``/word`` (refused with a hint); ``//text`` sends ``/text``. stdin is
+  read by a thread, so the event loop never blocks on it.
+* Reconnecting: when the connection is lost or the server closes with 1001,
+  1011, 1012 or 1013, the client reconnects with exponential backoff and jitter
+  (``--reconnect`` attempts), resuming with ``since`` and ``epoch`` as the web
+  page does: it prints only messages it has not shown, and resends every line
+  not yet echoed with its ``cid`` (the server stores a resend once).
 * Ending: ``/quit`` or end of input closes with 1000 once every line sent has
   been echoed back or rejected (matched by ``cid``), waiting at most ``--linger``
   seconds; so ``printf 'a\\nb\\n' | scalechat chat URL`` prints both echoes.
@@ -24,6 +33,7 @@ import codecs
 import http
 import itertools
 import os
+import random
 import secrets
 import signal
 import sys
@@ -36,9 +46,16 @@ import orjson
 from yarl import URL
 
 EXIT_OK, EXIT_CLOSED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_REFUSED, EXIT_UNDELIVERED = range(6)
-EPILOG = """exit codes:
+EPILOG = """commands (typed as a line; never sent to the room):
+  /help        this list
+  /who         who is here: the count from the server, the names seen joining
+  /quit        leave (as end of input does)
+  //text       send a line that starts with /
+
+exit codes:
   0  closed normally: /quit, end of input or Ctrl+C (or the server closed with 1000)
-  1  the server closed the connection with another code (e.g. 1001 going away) or it was lost
+  1  the server closed the connection with another code (e.g. 1008) or it was lost and
+     --reconnect attempts did not bring it back
   2  invalid arguments, e.g. a URL that is not ws:// or wss://
   3  cannot connect: connection refused, unknown host, timeout
   4  the server refused the WebSocket upgrade (HTTP status; its reason is printed)
@@ -46,6 +63,12 @@ EPILOG = """exit codes:
 """
 PROG = "scalechat chat"
 HANDSHAKE_TIMEOUT = 15.0
+RETRYABLE_CLOSES = {1001, 1006, 1011, 1012, 1013}  # going away, lost, server error, restart, try later
+RETRYABLE_STATUSES = {429, 502, 503, 504}  # refusals worth retrying while reconnecting
+BACKOFF_BASE, BACKOFF_MAX, JITTER = 0.5, 10.0, 0.5  # as the web page: 0.5 s doubling to 10 s, +-50%
+HELP = ["* /help: this list", "* /who: who is here (the server's count; names seen joining since you came)",
+        "* /quit: leave", "* //text: send a line that starts with /", "* anything else: sent to the room"]
+PROMPT = "> "
 PHRASES = {status.value: status.phrase for status in http.HTTPStatus}
 
 
@@ -62,6 +85,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--linger", type=float, default=5.0, metavar="SECONDS",
                         help="after /quit or end of input, wait at most this long for the "
                              "server to echo the lines sent (default: %(default)s)")
+    parser.add_argument("--reconnect", type=int, default=8, metavar="N",
+                        help="after a lost connection (or a server going away), try this many "
+                             "times to reconnect and resume, backing off from 0.5 s to 10 s; "
+                             "0 exits at once (default: %(default)s)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -80,10 +107,15 @@ def run(args: argparse.Namespace) -> int:
             return EXIT_OK
     extra = {"name": name, "token": args.token, "since": args.since, "epoch": args.epoch}
     url = url.update_query({k: str(v) for k, v in extra.items() if v is not None})
+    if args.reconnect < 0:
+        return _fail(EXIT_USAGE, "argument --reconnect: must be >= 0")
+    terminal = Terminal.open()
     try:
-        return asyncio.run(Session(url, args.linger).run())
+        return asyncio.run(Session(url, args.linger, args.reconnect, terminal).run())
     except KeyboardInterrupt:  # Ctrl+C before the connection was up
         return EXIT_OK
+    finally:
+        terminal.close()
 
 
 def room_url(raw: str) -> URL:
@@ -119,11 +151,12 @@ def format_presence(frame: dict) -> str:
     return f"* {_safe(frame['name'])} {verb} ({frame['count']} here)"
 
 
-def read_stdin_lines(loop: asyncio.AbstractEventLoop) -> asyncio.Queue[str | None]:
+def read_stdin_lines(loop: asyncio.AbstractEventLoop, terminal: Terminal) -> asyncio.Queue[str | None]:
     """Lines of stdin (without line endings) fed by a daemon thread; ``None`` at the end.
 
-    ``os.read`` keeps the thread off ``sys.stdin``'s buffer lock, so the process can
-    exit while the thread still waits on a terminal.
+    On a terminal the thread reads with readline (editing, history) under a prompt;
+    otherwise ``os.read`` keeps it off ``sys.stdin``'s buffer lock, so the process can
+    exit while the thread still waits.
     """
     queue: asyncio.Queue[str | None] = asyncio.Queue()
     decode = codecs.getincrementaldecoder(getattr(sys.stdin, "encoding", None) or "utf-8")(errors="replace").decode
@@ -146,46 +179,166 @@ def read_stdin_lines(loop: asyncio.AbstractEventLoop) -> asyncio.Queue[str | Non
         finally:
             put(None)
 
-    threading.Thread(target=pump, name="stdin", daemon=True).start()
+    def prompt() -> None:
+        try:
+            while True:
+                terminal.reading = True
+                put(input(PROMPT))
+        except (EOFError, OSError, ValueError):
+            pass
+        finally:
+            terminal.reading = False
+            put(None)
+
+    threading.Thread(target=prompt if terminal.tty else pump, name="stdin", daemon=True).start()
     return queue
 
 
-class Session:
-    """One connection: prints what arrives, sends what is typed, tracks unechoed cids."""
+class Terminal:
+    """Where lines go. On a terminal, a line printed while one is being typed goes above it.
 
-    def __init__(self, url: URL, linger: float) -> None:
-        self.url, self.linger = url, linger
+    The input line is cleared, the new line written, and readline redraws the
+    prompt with what was typed (``rl_forced_update_display``, or the prompt and
+    the buffer written back where that symbol cannot be found). The terminal's
+    modes are restored on close, whatever readline left.
+    """
+
+    def __init__(self, tty: bool) -> None:
+        self.tty = tty
+        self.reading = False
+        self._saved = None
+        self._redisplay = None
+        self._readline = None
+        if tty:
+            import readline
+            import termios
+
+            self._readline = readline
+            with suppress(termios.error):
+                self._saved = termios.tcgetattr(0)
+            with suppress(OSError, AttributeError):
+                import ctypes
+                self._redisplay = ctypes.CDLL(readline.__file__).rl_forced_update_display
+
+    @classmethod
+    def open(cls) -> Terminal:
+        return cls(bool(sys.stdin and sys.stdin.isatty() and sys.stdout.isatty()))
+
+    def line(self, text: str, stream=None) -> None:
+        stream = stream or sys.stdout
+        if not (self.tty and self.reading):
+            print(text, file=stream, flush=True)
+            return
+        sys.stdout.write("\r\x1b[K")
+        sys.stdout.flush()
+        print(text, file=stream, flush=True)
+        if self._redisplay is not None:
+            self._redisplay()
+        else:
+            sys.stdout.write(PROMPT + self._readline.get_line_buffer())
+        sys.stdout.flush()
+
+    def close(self) -> None:
+        if self._saved is not None:
+            import termios
+            with suppress(termios.error):
+                termios.tcsetattr(0, termios.TCSADRAIN, self._saved)
+            if self.reading:
+                sys.stdout.write("\n")
+                sys.stdout.flush()
+
+
+class Session:
+    """One conversation, over as many connections as it takes: prints, sends, resumes."""
+
+    def __init__(self, url: URL, linger: float, reconnect: int = 0, terminal: Terminal | None = None) -> None:
+        self.url, self.linger, self.reconnect = url, linger, reconnect
+        self.terminal = terminal or Terminal(False)
         self.name: str | None = None  # as the server knows us, from the history frame
-        self.pending: set[str] = set()
+        self.room: str | None = None
+        self.epoch: str | None = None
+        self.last_seq: int | None = None  # the newest seq shown: resume after it
+        self.count: int | None = None  # members, from the latest presence
+        self.seen: set[str] = set()  # names seen joining (and not leaving) since we came
+        self.pending: dict[str, str] = {}  # cid -> text, sent and not yet echoed or rejected
         self.rejected = 0
         self.settled = asyncio.Event()
         self.settled.set()
         self.closing = False
+        self.eof = False
+        self.joined_once = False
         self._cids = (f"{secrets.token_hex(4)}-{n}" for n in itertools.count(1))
         self._refusal = ""
+
+    def out(self, line: str) -> None:
+        self.terminal.line(line)
+
+    def err(self, line: str) -> None:
+        self.terminal.line(line, sys.stderr)
 
     async def run(self) -> int:
         trace = aiohttp.TraceConfig()
         trace.on_request_end.append(self._keep_refusal)
-        where = f"cannot connect to {self.url.host}:{self.url.port}"
         async with aiohttp.ClientSession(trace_configs=[trace]) as client:
-            try:
-                async with asyncio.timeout(HANDSHAKE_TIMEOUT):
-                    # max_msg_size=0: the history frame after --since may be large.
-                    ws = await client.ws_connect(self.url, heartbeat=30.0, max_msg_size=0)
-            except aiohttp.WSServerHandshakeError as exc:
-                what = "server refused the connection" if exc.status >= 400 else "not a WebSocket endpoint"
-                reason = self._refusal or PHRASES.get(exc.status) or exc.message
-                return _fail(EXIT_REFUSED, f"{what}: {exc.status} {reason}")
-            except aiohttp.ClientConnectorError as exc:
-                err = exc.os_error
-                why = os.strerror(err.errno) if (err.errno or 0) > 0 else (err.strerror or str(err))
-                return _fail(EXIT_UNREACHABLE, f"{where}: {why.lower()}")
-            except TimeoutError:
-                return _fail(EXIT_UNREACHABLE, f"{where}: no answer in {HANDSHAKE_TIMEOUT:g}s")
-            except aiohttp.ClientError as exc:
-                return _fail(EXIT_UNREACHABLE, f"{where}: {exc or type(exc).__name__}")
-            return await self._converse(ws)
+            ws = await self._connect(client)
+            if isinstance(ws, int):
+                return ws
+            loop = asyncio.get_running_loop()
+            self.interrupted = asyncio.Event()
+            loop.add_signal_handler(signal.SIGINT, self.interrupted.set)
+            lines = read_stdin_lines(loop, self.terminal)
+            while True:
+                outcome = await self._converse(ws, lines)
+                if not isinstance(outcome, tuple):
+                    return outcome
+                ws = await self._reconnect(client, outcome)
+                if isinstance(ws, int):
+                    return ws
+
+    async def _connect(self, client: aiohttp.ClientSession, quiet: bool = False):
+        """A connected socket, or the exit code (after one line on stderr unless ``quiet``)."""
+        url = self.url
+        if self.epoch is not None and self.last_seq is not None:  # resume after what we have shown
+            url = url.update_query(since=str(self.last_seq), epoch=self.epoch)
+        where = f"cannot connect to {url.host}:{url.port}"
+        self._refusal = ""
+        fail = (lambda code, line: (code, line)) if quiet else _fail
+        try:
+            async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+                # max_msg_size=0: the history frame after --since may be large.
+                return await client.ws_connect(url, heartbeat=30.0, max_msg_size=0)
+        except aiohttp.WSServerHandshakeError as exc:
+            what = "server refused the connection" if exc.status >= 400 else "not a WebSocket endpoint"
+            reason = self._refusal or PHRASES.get(exc.status) or exc.message
+            return fail(EXIT_REFUSED, f"{what}: {exc.status} {reason}") if not quiet or \
+                exc.status not in RETRYABLE_STATUSES else (EXIT_UNREACHABLE, f"{what}: {exc.status} {reason}")
+        except aiohttp.ClientConnectorError as exc:
+            err = exc.os_error
+            why = os.strerror(err.errno) if (err.errno or 0) > 0 else (err.strerror or str(err))
+            return fail(EXIT_UNREACHABLE, f"{where}: {why.lower()}")
+        except TimeoutError:
+            return fail(EXIT_UNREACHABLE, f"{where}: no answer in {HANDSHAKE_TIMEOUT:g}s")
+        except aiohttp.ClientError as exc:
+            return fail(EXIT_UNREACHABLE, f"{where}: {exc or type(exc).__name__}")
+
+    async def _reconnect(self, client: aiohttp.ClientSession, why: tuple[int, str]):
+        """Try ``--reconnect`` times with backoff; the new socket, or the exit code."""
+        code, line = why
+        for attempt in range(1, self.reconnect + 1):
+            delay = min(BACKOFF_MAX, BACKOFF_BASE * 2 ** (attempt - 1)) * random.uniform(1 - JITTER, 1 + JITTER)
+            self.err(f"! {line}; reconnecting in {delay:.1f}s (attempt {attempt} of {self.reconnect})")
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self.interrupted.wait(), delay)
+            if self.interrupted.is_set():
+                return EXIT_OK
+            result = await self._connect(client, quiet=True)
+            if not isinstance(result, tuple):
+                return result
+            code, line = result
+            if code == EXIT_REFUSED:  # the server says no (bad token, room...): retrying will not help
+                return _fail(code, line)
+        return _fail(EXIT_CLOSED if why[0] == EXIT_CLOSED else code,
+                     f"{why[1]}; gave up after {self.reconnect} reconnect attempt(s)")
 
     async def _keep_refusal(self, session, ctx, params: aiohttp.TraceRequestEndParams) -> None:
         # WSServerHandshakeError drops the response body, which holds the server's reason.
@@ -194,15 +347,16 @@ class Session:
                 body = await asyncio.wait_for(params.response.read(), 5.0)
                 self._refusal = _safe(body.decode("utf-8", "replace").strip().splitlines()[0])
 
-    async def _converse(self, ws: aiohttp.ClientWebSocketResponse) -> int:
-        loop = asyncio.get_running_loop()
-        interrupted = asyncio.Event()
-        loop.add_signal_handler(signal.SIGINT, interrupted.set)
+    async def _converse(self, ws: aiohttp.ClientWebSocketResponse, lines: asyncio.Queue[str | None]):
+        """The exit code, or (code, why) when the connection should be resumed."""
         receiver = asyncio.create_task(self._receive(ws))
-        sender = asyncio.create_task(self._send_lines(ws, read_stdin_lines(loop)))
-        stop = asyncio.create_task(interrupted.wait())
+        for cid, text in list(self.pending.items()):  # after a reconnect: resend, same cid
+            with suppress(ConnectionError, aiohttp.ClientError):
+                await ws.send_str(orjson.dumps({"type": "message", "text": text, "cid": cid}).decode())
+        sender = asyncio.create_task(self._send_lines(ws, lines))
+        stop = asyncio.create_task(self.interrupted.wait())
         await asyncio.wait({receiver, sender, stop}, return_when=asyncio.FIRST_COMPLETED)
-        if sender.done() and not receiver.done() and not interrupted.is_set():
+        if sender.done() and not receiver.done() and not self.interrupted.is_set():
             settled = asyncio.create_task(self.settled.wait())  # linger for the echoes
             await asyncio.wait({receiver, settled, stop}, timeout=self.linger,
                                return_when=asyncio.FIRST_COMPLETED)
@@ -214,26 +368,58 @@ class Session:
         self.closing = True
         await ws.close(code=aiohttp.WSCloseCode.OK)
         await receiver
-        if interrupted.is_set() or not (self.pending or self.rejected):
+        if self.interrupted.is_set() or not (self.pending or self.rejected):
             return EXIT_OK
         return _fail(EXIT_UNDELIVERED, f"{self.rejected} line(s) rejected, {len(self.pending)} "
                                        f"not echoed within {self.linger:g}s")
 
     async def _send_lines(self, ws: aiohttp.ClientWebSocketResponse,
                           lines: asyncio.Queue[str | None]) -> None:
-        while (line := await lines.get()) is not None and line.strip() != "/quit":
-            if not line.strip():
+        while not self.eof:
+            line = await lines.get()
+            if line is None:
+                self.eof = True
+                return
+            text = line.strip()
+            if not text:
                 continue
+            if text.startswith("/") and not text.startswith("//"):
+                if self._command(text):
+                    self.eof = True
+                    return
+                continue
+            if text.startswith("//"):
+                line = line.lstrip()[1:]
             cid = next(self._cids)
-            self.pending.add(cid)
+            self.pending[cid] = line
             self.settled.clear()
             try:
                 await ws.send_str(orjson.dumps({"type": "message", "text": line, "cid": cid}).decode())
             except (ConnectionError, aiohttp.ClientError):
-                return  # the receiver reports why the connection ended
+                return  # the receiver reports why the connection ended; the line is resent on resume
 
-    async def _receive(self, ws: aiohttp.ClientWebSocketResponse) -> int:
-        """Print frames until the socket ends; the exit code if the server ended it."""
+    def _command(self, text: str) -> bool:
+        """Answer a command here; True for /quit."""
+        word = text.split()[0].lower()
+        if word == "/quit":
+            return True
+        if word == "/help":
+            for line in HELP:
+                self.out(line)
+        elif word == "/who":
+            others = sorted(self.seen - {self.name})
+            count = "?" if self.count is None else str(self.count)
+            names = ", ".join(_safe(n) for n in [self.name or "you", *others])
+            self.out(f"* {count} here; known by name: {names}"
+                     + ("" if self.count is None or self.count <= len(others) + 1
+                        else " (the others were here before you and have not spoken up)"))
+        else:
+            self.err(f"! unknown command {_safe(word)}: /help lists them; start with // to send a line "
+                     "that begins with /")
+        return False
+
+    async def _receive(self, ws: aiohttp.ClientWebSocketResponse):
+        """Print frames until the socket ends; the exit code, or (code, why) to resume."""
         while True:
             msg = await ws.receive()
             if msg.type is aiohttp.WSMsgType.TEXT:
@@ -245,40 +431,75 @@ class Session:
                 return EXIT_OK
             if msg.type is aiohttp.WSMsgType.CLOSE:
                 line = f"connection closed by server: {msg.data} {_safe(msg.extra or '')}".rstrip()
-                return _fail(EXIT_OK if msg.data == aiohttp.WSCloseCode.OK else EXIT_CLOSED, line)
-            detail = f": {msg.data}" if msg.type is aiohttp.WSMsgType.ERROR else ""
-            return _fail(EXIT_CLOSED, f"connection lost{detail}")
+                if msg.data == aiohttp.WSCloseCode.OK:
+                    return _fail(EXIT_OK, line)
+                close = msg.data
+            else:
+                detail = f": {msg.data}" if msg.type is aiohttp.WSMsgType.ERROR else ""
+                line, close = f"connection lost{detail}", 1006
+            if self.reconnect and self.joined_once and close in RETRYABLE_CLOSES:
+                return EXIT_CLOSED, line
+            return _fail(EXIT_CLOSED, line)
 
     def _show(self, text: str) -> None:
         try:
             frame = orjson.loads(text)
             kind = frame["type"]
             if kind == "message":
-                print(format_message(frame), flush=True)
+                seq = frame.get("seq")
+                if isinstance(seq, int) and self.last_seq is not None and seq <= self.last_seq:
+                    if frame["from"] == self.name:
+                        self._settle(frame.get("cid"))  # a resend's acknowledgement: shown already
+                    return
+                if isinstance(seq, int):
+                    self.last_seq = seq
+                self.out(format_message(frame))
                 if frame["from"] == self.name:
                     self._settle(frame.get("cid"))
             elif kind == "history":
-                self.name = frame["name"]
-                print(f"* you are {_safe(self.name)} in {_safe(frame['room'])} "
-                      f"(epoch {_safe(frame['epoch'])})")
-                if frame["continuity_lost"]:
-                    print("! history incomplete: messages after --since are gone; showing the latest",
-                          file=sys.stderr, flush=True)
-                for message in frame["messages"]:
-                    print(format_message(message))
-                sys.stdout.flush()
+                self._history(frame)
             elif kind == "presence":
-                print(format_presence(frame), flush=True)
+                if frame["event"] == "join":
+                    self.seen.add(frame["name"])
+                else:
+                    self.seen.discard(frame["name"])
+                self.count = frame["count"]
+                self.out(format_presence(frame))
             elif kind == "error":
-                print(f"! {_safe(frame['code'])}: {_safe(frame['reason'])}", file=sys.stderr, flush=True)
+                self.err(f"! {_safe(frame['code'])}: {_safe(frame['reason'])}")
                 if frame.get("cid") in self.pending:
                     self.rejected += 1
                     self._settle(frame["cid"])
         except (ValueError, KeyError, TypeError) as exc:
-            print(f"! unreadable frame from server ({type(exc).__name__}: {exc})",
-                  file=sys.stderr, flush=True)
+            self.err(f"! unreadable frame from server ({type(exc).__name__}: {exc})")
+
+    def _history(self, frame: dict) -> None:
+        resumed = self.joined_once
+        self.name, self.room = frame["name"], frame["room"]
+        if resumed:
+            since = self.last_seq
+            self.out(f"* reconnected to {_safe(self.room)} as {_safe(self.name)}"
+                     + (f", resuming after seq {since}" if since is not None and frame["epoch"] == self.epoch else ""))
+        else:
+            self.out(f"* you are {_safe(self.name)} in {_safe(self.room)} (epoch {_safe(frame['epoch'])})")
+        if frame["continuity_lost"]:
+            self.err("! history incomplete: messages after --since are gone; showing the latest" if not resumed
+                     else "! history incomplete: messages sent while disconnected are gone; showing the latest")
+            self.last_seq = None
+        if frame["epoch"] != self.epoch:
+            self.last_seq = None
+        self.epoch = frame["epoch"]
+        self.joined_once = True
+        for message in frame["messages"]:
+            seq = message.get("seq")
+            if isinstance(seq, int) and self.last_seq is not None and seq <= self.last_seq:
+                continue
+            self.out(format_message(message))
+        last = frame.get("last_seq")
+        if isinstance(last, int):
+            self.last_seq = max(last, self.last_seq or 0)
 
     def _settle(self, cid: str | None) -> None:
-        self.pending.discard(cid)
+        self.pending.pop(cid, None)
         if not self.pending:
             self.settled.set()

@@ -218,7 +218,7 @@ def test_an_invalid_url_names_the_argument():
 
 
 def test_server_shutdown_is_reported_with_its_close_code(chat_server, listeners):
-    lis = listeners(chat_server.ws_url("lobby"), "--name", "lis")
+    lis = listeners(chat_server.ws_url("lobby"), "--name", "lis", "--reconnect", "0")
     chat_server.stop(signal.SIGTERM)
     code = lis.proc.wait(15)
     stderr = lis.proc.stderr.read()
@@ -254,6 +254,26 @@ def test_a_policy_close_is_reported_with_its_code(start_server):
     last = result.stderr.splitlines()[-1]
     assert last == "scalechat chat: connection closed by server: 1008 rate limit exceeded persistently"
     assert "Traceback" not in result.stderr
+
+
+def test_commands_are_answered_locally_and_never_sent(chat_server, listeners):
+    url = chat_server.ws_url("cmds")
+    lis = listeners(url, "--name", "lis")
+    result = chat(url, "--name", "alice", stdin="/help\n/who\n/bogus x\n//slash\nplain\n")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout.splitlines()
+    assert "* /who: who is here (the server's count; names seen joining since you came)" in out
+    assert "* 2 here; known by name: alice (the others were here before you and have not spoken up)" in out
+    assert result.stderr.splitlines() == [
+        "! unknown command /bogus: /help lists them; start with // to send a line that begins with /"]
+    lis.expect(rf"^{CLOCK} alice: /slash$")
+    lis.expect(rf"^{CLOCK} alice: plain$")
+    assert not [line for line in lis.seen if re.search(r"alice: /(help|who|bogus)", line)]
+
+
+def test_help_lists_the_commands():
+    result = subprocess.run([*SCALECHAT, "chat", "--help"], capture_output=True, text=True, timeout=TIMEOUT)
+    assert "/help" in result.stdout and "/who" in result.stdout and "--reconnect" in result.stdout
 
 
 # --- close codes, seen by a server we control ----------------------------------------
@@ -348,6 +368,94 @@ def test_asks_for_a_name_on_a_terminal(chat_server):
         os.write(master, b"on a tty\n")
         read_until(b"tina: on a tty")
         os.write(master, b"\x04")  # Ctrl+D: end of input
+        assert proc.wait(10) == 0
+        assert b"Traceback" not in seen
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+
+
+async def test_a_lost_connection_is_resumed_with_since_and_nothing_is_shown_twice():
+    """The server goes away after seq 6; the client comes back asking for what follows seq 6."""
+    queries: list[dict[str, str]] = []
+
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        queries.append(dict(request.query))
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        message = {"type": "message", "room": "r", "from": "bob", "ts": 0, "cid": None}
+        if len(queries) == 1:
+            await ws.send_json({"type": "history", "room": "r", "epoch": "e1", "name": "n", "node": "t",
+                                "continuity_lost": False, "last_seq": 5, "messages": []})
+            await ws.send_json({**message, "seq": 6, "id": "e1-6", "text": "before"})
+            await ws.close(code=1001, message=b"going away")
+        else:
+            await ws.send_json({"type": "history", "room": "r", "epoch": "e1", "name": "n", "node": "t",
+                                "continuity_lost": False, "last_seq": 7,
+                                "messages": [{**message, "seq": 6, "id": "e1-6", "text": "before"},
+                                             {**message, "seq": 7, "id": "e1-7", "text": "after"}]})
+            async for _ in ws:
+                pass
+        return ws
+
+    async with aiohttp_ws_server(handler, "/ws/r") as url:
+        proc = await asyncio.create_subprocess_exec(
+            *SCALECHAT, "chat", url, "--name", "n", stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out = b""
+        try:
+            async with asyncio.timeout(20):
+                while b"bob: after" not in out:
+                    out += await proc.stdout.read(4096)
+        finally:
+            proc.stdin.close()
+            code = await asyncio.wait_for(proc.wait(), 15)
+        rest, err = await proc.stdout.read(), await proc.stderr.read()
+    lines = (out + rest).decode().splitlines()
+    assert code == 0, err
+    assert queries[0] == {"name": "n"}
+    assert queries[1] == {"name": "n", "since": "6", "epoch": "e1"}
+    assert [line.split(": ", 1)[1] for line in lines if " bob: " in line] == ["before", "after"]
+    assert "* reconnected to r as n, resuming after seq 6" in lines
+    assert re.match(r"! connection closed by server: 1001 going away; reconnecting in \d\.\ds \(attempt 1 of 8\)",
+                    err.decode())
+
+
+def test_on_a_terminal_incoming_lines_go_above_the_line_being_typed(chat_server):
+    master, slave = pty.openpty()
+    url = chat_server.ws_url("tty")
+    proc = subprocess.Popen([*SCALECHAT, "chat", url, "--name", "tess"], stdin=slave, stdout=slave,
+                            stderr=slave, close_fds=True)
+    os.close(slave)
+    seen = bytearray()
+
+    def read_until(needle: bytes, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while needle not in seen:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"{needle!r} not in {bytes(seen)!r}")
+            if select.select([master], [], [], remaining)[0]:
+                try:
+                    seen.extend(os.read(master, 4096))
+                except OSError:
+                    break
+
+    try:
+        read_until(b"* tess joined (1 here)")
+        read_until(b"> ")
+        os.write(master, b"half a li")  # typed, not sent
+        read_until(b"half a li")
+        assert chat(url, "--name", "bob", stdin="hello tess\n").returncode == 0
+        read_until(b"bob: hello tess")
+        read_until(b"> half a li", 5)  # the prompt and the typed text, redrawn under the new line
+        after = bytes(seen).split(b"bob: hello tess", 1)
+        assert after[0].endswith(b"] ") and b"\r\x1b[K" in after[0][-40:]  # the input line was cleared first
+        os.write(master, b"ne\n")
+        read_until(b"tess: half a line")
+        os.write(master, b"/quit\n")
         assert proc.wait(10) == 0
         assert b"Traceback" not in seen
     finally:
