@@ -1,334 +1,448 @@
-"""Scale-out benchmark: what Redis and the replicas pay per message, by routing.
+"""Scale-out benchmark: what the Redis broker costs, and what a second replica and shard buy.
 
-One fixed load (50 rooms x 4 clients, each client 2 msg/s, ~100-byte frames)
-goes through the cluster's nginx (``scalechat.cluster``) in three configurations:
-1 replica; 2 replicas with room-hash routing; 2 replicas with random routing.
-Over a fixed window it measures, summed over the replicas:
+One run measures, each figure against a baseline from the same run:
 
-  * published messages (``scalechat_messages_received_total``) and messages the
-    replicas took from Redis pub/sub (``scalechat_broker_messages_received_total``):
-    with room-hash a message reaches the one replica of its room; with random
-    routing it reaches every replica a member of the room landed on;
-  * deliveries (``scalechat_messages_delivered_total``, checked against what the
-    clients received) and replica CPU seconds (``/proc/<pid>/stat``);
-  * Redis CPU (``INFO cpu``). By default the Redis at 127.0.0.1:6379 is shared
-    with everything else on the machine: its idle rate is measured just before
-    each load, and the figure net of it is the one to read. ``--own-redis`` gives
-    each configuration a throwaway redis-server of its own instead (pinned with
-    the cluster), which nothing else uses.
+1. **fixed**: replica CPU per delivery with the Redis broker against the memory
+   broker, one replica, at a fixed load (``--load``, 20,000 deliveries/s) in
+   each scenario (``--scenarios``, rooms x clients per room: 100x4 and 1x100
+   for the targets, 100x10 as a second room size whose frames are written one
+   per delivery, for ``scalechat capacity``). The Redis runs also give Redis CPU
+   per message it published, net of its idle rate measured with every client
+   connected and silent just before the load.
+2. **saturation** (``--saturation-scenario``): one replica of each broker under
+   a load that starts at ``--saturation-start`` and grows by ``--step-factor``
+   per step until the replica falls behind (delivers under 95% of the offer) or
+   the generator's core is full: the most deliveries/s reached, the replica's
+   CPU there, and the ``unavailable`` refusals counted on its metrics port.
+3. **scale-out** (``--scaleout-scenario`` at ``--scaleout-load``): 1 replica +
+   1 Redis shard against 2 replicas + 2 shards, both behind nginx with the
+   cluster's room-hash configuration: deliveries/s per CPU-second of everything
+   that serves them (replicas, Redis, nginx). The replicas get the shards as a
+   comma-separated ``--redis-url``; ``sharded`` records whether every shard got
+   traffic (a broker that takes one URL leaves the second one empty).
 
-The cluster (replicas, nginx, its own Redis) runs pinned to one core and the
-generator (this process) to the other when there are 2. Each configuration has
-its own run folder under build/bench/scaleout-* and its own Redis key prefix
-(deleted afterwards). Rates are per second of sending; CPU shares are over the
-window, which adds a 0.5 s drain. Everything stays on 127.0.0.1; a run takes
-about 90 s.
+Placement, pinned with ``taskset``: the replicas on one core, and the generator
+(this process), Redis and nginx on the other. Each component's CPU is read on
+its own from /proc (Redis: ``INFO cpu``), and each core's busy time whoever ran
+there: this machine is shared, and ``server_core_busy_percent`` above the
+replica's own share is someone else's. Every Redis is a throwaway redis-server
+owned by the run. Each configuration ends by waiting until the clients hold
+exactly what the replicas counted: ``exact`` when messages sent = accepted +
+refused and every member of a room received every accepted message once.
 
-    .venv/bin/python bench/scaleout.py [--seconds 20] [--own-redis] \
-        [--json build/bench/scaleout.json]
+Everything listens on 127.0.0.1 and every process is stopped (every Redis, and
+its keys, with it) when the run ends or fails; processes are killed if the run
+itself is. The default run takes about two minutes; logs of the last run stay
+in ``--run-dir``.
+
+    .venv/bin/python bench/scaleout.py [--seconds 5] [--json build/bench/scaleout.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import heapq
 import json
 import os
-import secrets
+import random
 import shlex
+import shutil
+import signal
+import subprocess
 import sys
 import time
-import urllib.request
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
 import uvloop
-from redis import Redis
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
 sys.path.insert(0, str(HERE))
-from fanout import Generator, cpu_seconds, process_tree  # noqa: E402  (a sibling script, not a package)
+import components  # noqa: E402  (sibling scripts, not a package)
+from components import Stack  # noqa: E402
+from fanout import Generator, Sleeper  # noqa: E402
+from scaleout_report import FIXED_HEAD, costs, fixed_row, report, summarize, window  # noqa: E402
 
-from scalechat.cluster import Cluster, redis_server  # noqa: E402
-from scalechat.cluster.state import STATE_FILE  # noqa: E402
+import scalechat  # noqa: E402
+from scalechat.chat.settings import Settings  # noqa: E402
+from scalechat.hostinfo import host_facts  # noqa: E402
 
-REDIS_URL = redis_server.DEFAULT_URL
-ROOMS, PER_ROOM, RATE = 50, 4, 2.0  # rooms, clients per room, messages/s per client
-WARM_UP, IDLE_PROBE = 3.0, 2.0  # seconds
-MAX_SECONDS = 40.0  # keeps a run under 3 minutes
-CONFIGS = (("1-replica", 1, "room-hash"), ("2-room-hash", 2, "room-hash"),
-           ("2-random", 2, "random"))
-COUNTERS = {"published": "scalechat_messages_received_total",
-            "broker": "scalechat_broker_messages_received_total",
-            "delivered": "scalechat_messages_delivered_total"}
-GAUGES = {"connections": "scalechat_connections", "rooms": "scalechat_rooms"}
-
-
-@dataclass
-class Result:
-    config: str
-    replicas: int
-    routing: str
-    redis: str  # "shared" or "own"
-    send_seconds: float
-    seconds: float  # the window: sending plus the drain
-    published: int
-    broker_received: int
-    delivered: int
-    client_received: int
-    connections_per_replica: list[int]
-    rooms_per_replica: list[int]  # rooms with a local member, i.e. subscribed in Redis
-    replica_cpu_s: float
-    nginx_cpu_s: float
-    generator_cpu_s: float
-    redis_cpu_s: float
-    redis_idle_cpu_per_s: float  # before the load: other users of the shared Redis, pings
-    broker_per_published: float
-    replica_cpu_us_per_delivery: float
-    redis_cpu_us_per_published: float
-    redis_net_cpu_us_per_published: float  # minus the idle rate over the window
+REPO = HERE.parent
+MESSAGE, ERROR = b'{"type":"message"', b'{"type":"error"'
+UNAVAILABLE = b'"code":"unavailable"'
+FELL_BEHIND = 0.95  # a saturation step that delivers less than this share of its offer ends the ladder
+LATE_MS = 5.0  # ... as does a generator whose median send ran this late: it could not offer more
+FULL_CORE = 95.0  # percent of a core: full
+MAX_SECONDS, MAX_STEPS = 30.0, 12
 
 
-# --- probes ---------------------------------------------------------------------------
+# --- the clients ----------------------------------------------------------------------
 
 
-def scrape(url: str) -> dict[str, float]:
-    """The unlabelled samples of one replica's /metrics."""
-    text = urllib.request.urlopen(url, timeout=5).read().decode()
-    wanted = set(COUNTERS.values()) | set(GAUGES.values())
-    samples = {}
-    for line in text.splitlines():
-        name, _, value = line.partition(" ")
-        if name in wanted:
-            samples[name] = float(value)
-    missing = wanted - set(samples)
-    if missing:
-        raise SystemExit(f"{url} lacks {', '.join(sorted(missing))}: is the server up to date?")
-    return samples
+class Clients(Generator):
+    """bench/fanout.py's open-loop senders, with receipts counted by frame type."""
+
+    def __init__(self, port: int, rooms: int, per_room: int) -> None:
+        super().__init__(port, rooms, per_room)
+        self.messages = 0  # message frames received
+        self.refused = 0  # error frames with code unavailable
+        self.errors = 0  # every error frame
+        self.lag: list[float] = []  # per send: seconds after its due time (the generator's lateness)
+
+    def _receiver(self, me: bytes):
+        marker = b'"text":"' + me + b":"
+
+        def on_messages(payloads: list[bytes]) -> None:
+            self.delivered += len(payloads)  # every frame: open() waits for the histories
+            now = time.perf_counter()
+            for payload in payloads:
+                if payload.startswith(MESSAGE):
+                    self.messages += 1
+                    if self.measuring and (start := payload.find(marker)) >= 0:
+                        start += len(marker)  # our own echo: latency from the scheduled send
+                        self.echo.append(now - float(payload[start:payload.index(b":", start)]))
+                elif payload.startswith(ERROR):
+                    self.errors += 1
+                    self.refused += UNAVAILABLE in payload
+        return on_messages
+
+    async def run(self, rate_per_client: float, seconds: float) -> None:
+        """Send for ``seconds`` at ``rate_per_client`` each, with random phases.
+
+        No drain: a window ends when its sends end, with about as much work in
+        flight as when it began; ``settle`` waits for the rest at the end.
+        """
+        period = 1.0 / rate_per_client
+        start = time.perf_counter() + 0.02
+        due = [(start + random.random() * period, i) for i in range(len(self.clients))]
+        heapq.heapify(due)
+        names = [f"c{i // self.per_room}-{i % self.per_room}" for i in range(len(self.clients))]
+        pad, end, sleeper = "x" * 60, start + seconds, Sleeper()
+        self.measuring = True
+        try:
+            while (now := time.perf_counter()) < end:
+                while due[0][0] <= now:  # catch up: latency counts from the due time
+                    when, i = due[0]
+                    self.clients[i].send_text(orjson.dumps(
+                        {"type": "message", "text": f"{names[i]}:{when:.6f}:{pad}"}))
+                    self.sent += 1
+                    self.lag.append(now - when)
+                    heapq.heapreplace(due, (when + period, i))
+                await sleeper.until(min(due[0][0], end))
+        finally:
+            sleeper.close()
 
 
-def redis_cpu(client: Redis) -> float:
-    info = client.info("cpu")
-    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+# --- one configuration's end -----------------------------------------------------------
 
 
-def pin(pids: list[int], cores: set[int]) -> None:
-    """Every thread of ``pids`` onto ``cores`` (threads started later inherit it)."""
-    for pid in pids:
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            try:
-                os.sched_setaffinity(int(task.name), cores)
-            except ProcessLookupError:
-                pass
-
-
-@dataclass
-class Snapshot:
-    at: float
-    counters: dict[str, int]
-    replicas: list[dict[str, float]]
-    replica_cpu: float
-    nginx_cpu: float
-    redis_cpu: float
-    own_cpu: float
-    client_received: int
-
-
-def snapshot(cluster: Cluster, nginx_pids: list[int], redis: Redis, gen: Generator) -> Snapshot:
-    replicas = [scrape(r.metrics_url) for r in cluster.replicas]
-    return Snapshot(
-        at=time.perf_counter(),
-        counters={key: int(sum(r[name] for r in replicas)) for key, name in COUNTERS.items()},
-        replicas=replicas,
-        replica_cpu=sum(cpu_seconds(r.process.pid) for r in cluster.replicas),
-        nginx_cpu=sum(cpu_seconds(pid) for pid in nginx_pids),
-        redis_cpu=redis_cpu(redis), own_cpu=time.process_time(),
-        client_received=gen.delivered)
-
-
-# --- one configuration ------------------------------------------------------------------
-
-
-def run_dir_of(config: str) -> Path:
-    return REPO / "build" / "bench" / f"scaleout-{config}"
-
-
-def start_cluster(config: str, replicas: int, routing: str, prefix: str,
-                  own_redis: bool) -> Cluster:
-    run_dir = run_dir_of(config)
-    if (run_dir / STATE_FILE).exists():  # left by an interrupted earlier run of this bench
-        Cluster.load(run_dir).down()
-    return Cluster.up(run_dir, replicas=replicas, port=0, redis_url=REDIS_URL,
-                      own_redis=own_redis, redis_prefix=prefix, with_prometheus=False,
-                      routing=routing, serve_args=["--log-level=warning"], timeout=20)
-
-
-async def wait_connected(cluster: Cluster, clients: int, timeout: float = 10.0) -> None:
+async def settle(stack: Stack, gen: Clients, per_room: int, timeout: float) -> dict:
+    """Wait until the clients hold exactly what the replicas accepted; the totals since start."""
     deadline = time.monotonic() + timeout
     while True:
-        samples = [scrape(r.metrics_url) for r in cluster.replicas]
-        if sum(s[GAUGES["connections"]] for s in samples) >= clients:
-            return
-        if time.monotonic() > deadline:
-            raise SystemExit(f"only {sum(s[GAUGES['connections']] for s in samples):.0f} of "
-                             f"{clients} clients connected after {timeout:g}s")
+        totals = {key: round(sum(r.scrape()[key] for r in stack.replicas))
+                  for key in ("received", "delivered", "unavailable", "rate_limited")}
+        expected = totals["received"] * per_room
+        exact = (gen.sent == totals["received"] + totals["unavailable"] + totals["rate_limited"]
+                 and gen.messages == expected == totals["delivered"]
+                 and gen.refused == totals["unavailable"])
+        if exact or time.monotonic() > deadline:
+            return {"exact": exact, "sent": gen.sent, "accepted": totals["received"],
+                    "refused_unavailable": totals["unavailable"],
+                    # Refused as unavailable, and yet stored and delivered (a resend duplicates it).
+                    "refused_yet_delivered": max(0, gen.messages - expected) // per_room,
+                    "rate_limited": totals["rate_limited"], "expected_deliveries": expected,
+                    "replica_deliveries": totals["delivered"], "client_messages": gen.messages,
+                    "client_error_frames": gen.errors}
         await asyncio.sleep(0.05)
 
 
-async def measure(config: str, replicas: int, routing: str, cluster: Cluster,
-                  cores: tuple[set[int], set[int]] | None, seconds: float) -> Result:
-    state = cluster.state
-    nginx_pids = process_tree(state.nginx.pid)
-    if cores is not None:
-        own = [state.redis.pid] if state.redis is not None else []
-        pin([p for r in cluster.replicas for p in process_tree(r.process.pid)] + nginx_pids + own,
-            cores[0])
-    redis = Redis.from_url(state.redis_url, socket_timeout=5)
-    gen = Generator(cluster.state.port, ROOMS, PER_ROOM)
+def rate_per_client(deliveries_per_s: float, rooms: int, per_room: int) -> float:
+    """Each message reaches its whole room, the sender's echo included."""
+    return deliveries_per_s / (rooms * per_room * per_room)
+
+
+# --- the three measurements -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Options:
+    run_dir: Path
+    cores: tuple[int, int]  # (server core, generator core)
+    seconds: float
+    warm_up: float
+    idle_seconds: float
+    load: float
+    saturation_start: float
+    step_seconds: float
+    steps: int
+    step_factor: float
+    scaleout_load: float
+    settle_timeout: float = 15.0
+
+
+async def fixed_run(opt: Options, scenario: tuple[int, int], broker: str) -> dict:
+    rooms, per_room = scenario
+    rate = rate_per_client(opt.load, rooms, per_room)
+    stack = Stack.start(opt.run_dir / f"fixed-{rooms}x{per_room}-{broker}", opt.cores, broker, 1,
+                        int(broker == "redis"), False)
+    gen = Clients(stack.port, rooms, per_room)
     try:
-        idle0 = redis_cpu(redis)
-        await asyncio.sleep(IDLE_PROBE)
-        idle_rate = (redis_cpu(redis) - idle0) / IDLE_PROBE
+        replica, rss0 = stack.replicas[0], stack.replicas[0].rss()
         await gen.open()
-        await wait_connected(cluster, ROOMS * PER_ROOM)
-        await gen.run(RATE, WARM_UP)
-        before = snapshot(cluster, nginx_pids, redis, gen)
-        _, client_received = await gen.run(RATE, seconds)  # includes a 0.5 s drain
-        after = snapshot(cluster, nginx_pids, redis, gen)
+        rss1 = replica.rss()
+        redis_memory0 = stack.shards[0].used_memory() if stack.shards else 0
+        await asyncio.sleep(0.2)  # the joins' presence events
+        idle = await stack.idle_rate(opt.idle_seconds)
+        await gen.run(rate, opt.warm_up)
+        before = stack.snapshot(gen)
+        await gen.run(rate, opt.seconds)
+        result = window(before, stack.snapshot(gen), gen.echo, gen.lag, idle)
+        check = await settle(stack, gen, per_room, opt.settle_timeout)
+        redis_memory = stack.shards[0].used_memory() - redis_memory0 if stack.shards else None
     finally:
         await gen.close()
-        redis.close()
-    delta = {key: after.counters[key] - before.counters[key] for key in COUNTERS}
-    window = after.at - before.at
-    replica_cpu = after.replica_cpu - before.replica_cpu
-    redis_cpu_s = after.redis_cpu - before.redis_cpu
-    published = max(delta["published"], 1)
-    return Result(
-        config=config, replicas=replicas, routing=routing,
-        redis="own" if state.redis is not None else "shared", send_seconds=seconds,
-        seconds=round(window, 3),
-        published=delta["published"], broker_received=delta["broker"],
-        delivered=delta["delivered"], client_received=client_received,
-        connections_per_replica=[int(r[GAUGES["connections"]]) for r in after.replicas],
-        rooms_per_replica=[int(r[GAUGES["rooms"]]) for r in after.replicas],
-        replica_cpu_s=round(replica_cpu, 3),
-        nginx_cpu_s=round(after.nginx_cpu - before.nginx_cpu, 3),
-        generator_cpu_s=round(after.own_cpu - before.own_cpu, 3),
-        redis_cpu_s=round(redis_cpu_s, 4), redis_idle_cpu_per_s=round(idle_rate, 5),
-        broker_per_published=round(delta["broker"] / published, 4),
-        replica_cpu_us_per_delivery=round(replica_cpu / max(delta["delivered"], 1) * 1e6, 2),
-        redis_cpu_us_per_published=round(redis_cpu_s / published * 1e6, 2),
-        redis_net_cpu_us_per_published=round(
-            (redis_cpu_s - idle_rate * window) / published * 1e6, 2))
+        stack.stop()
+    return {"scenario": f"{rooms}x{per_room}", "rooms": rooms, "clients_per_room": per_room,
+            "broker": broker, "offered_deliveries_per_s": opt.load,
+            "messages_per_room_per_s": round(opt.load / per_room / rooms, 2),
+            **result, "check": check,
+            "replica_rss_bytes_idle": rss0,
+            "replica_rss_bytes_per_connection": round((rss1 - rss0) / (rooms * per_room)),
+            # Everything stored since the clients joined (streams, seqs, presence), per message.
+            "redis_memory_bytes_per_accepted": (round(redis_memory / max(check["accepted"], 1))
+                                                if redis_memory is not None else None)}
 
 
-def run_config(config: str, replicas: int, routing: str,
-               cores: tuple[set[int], set[int]] | None, seconds: float,
-               own_redis: bool) -> Result:
-    prefix = f"scalechat-bench-scaleout-{config}-{secrets.token_hex(4)}"
-    cluster = start_cluster(config, replicas, routing, prefix, own_redis)
+async def saturation_run(opt: Options, scenario: tuple[int, int], broker: str) -> dict:
+    rooms, per_room = scenario
+    stack = Stack.start(opt.run_dir / f"saturation-{rooms}x{per_room}-{broker}", opt.cores, broker,
+                        1, int(broker == "redis"), False)
+    gen = Clients(stack.port, rooms, per_room)
+    steps, load = [], opt.saturation_start
     try:
-        return uvloop.run(asyncio.wait_for(
-            measure(config, replicas, routing, cluster, cores, seconds), seconds + 40))
+        await gen.open()
+        await gen.run(rate_per_client(load, rooms, per_room), opt.warm_up)
+        for _ in range(opt.steps):  # a replica that collapsed under overload stays down: stop there
+            before = stack.snapshot(gen)
+            await gen.run(rate_per_client(load, rooms, per_room), opt.step_seconds)
+            step = {"offered_deliveries_per_s": round(load),
+                    **window(before, stack.snapshot(gen), gen.echo, gen.lag)}
+            steps.append(step)
+            print(f"  saturation {broker:6} offered {load:>9,.0f}/s: delivered "
+                  f"{step['delivered_per_s']:>9,.0f}/s; replica {step['replica_cpu_percent']:.0f}% "
+                  f"(others {step['server_core_others_percent']:.0f}% of its core), generator late "
+                  f"{step['generator_send_lag_p50_ms']:.1f} ms p50 (others "
+                  f"{step['support_core_others_percent']:.0f}% of its core)", flush=True)
+            if (step["delivered_per_s"] < FELL_BEHIND * load
+                    or step["generator_send_lag_p50_ms"] > LATE_MS):
+                break
+            load *= opt.step_factor
+        check = await settle(stack, gen, per_room, opt.settle_timeout)
     finally:
-        cluster.down()  # stops an own Redis, and with it its keys
-        if not own_redis:
-            redis_server.delete_prefix(REDIS_URL, prefix)
+        await gen.close()
+        stack.stop()
+    top, last = max(steps, key=lambda s: s["delivered_per_s"]), steps[-1]
+    limited_by = ("the replica's CPU" if last["replica_cpu_percent"] >= FULL_CORE else
+                  "the generator, late" if last["generator_send_lag_p50_ms"] > LATE_MS else
+                  "the replica's core, shared with other processes"
+                  if last["server_core_busy_percent"] >= FULL_CORE else
+                  "the number of steps" if len(steps) == opt.steps
+                  and last["delivered_per_s"] >= FELL_BEHIND * last["offered_deliveries_per_s"] else
+                  "the replica, with CPU to spare")
+    return {"scenario": f"{rooms}x{per_room}", "broker": broker, "steps": steps,
+            "saturation_deliveries_per_s": top["delivered_per_s"],
+            "replica_cpu_percent_at_saturation": top["replica_cpu_percent"],
+            "limited_by": limited_by,
+            # What one full replica core would deliver at the top step's cost per delivery.
+            "deliveries_per_replica_cpu_s": round(top["delivered_per_s"]
+                                                  / max(top["replica_cpu_percent"] / 100, 1e-9)),
+            "refused_unavailable": sum(s["refused_unavailable"] for s in steps),
+            # ... in the steps the replica kept up with: loads its CPU could carry.
+            "refused_unavailable_sustained": sum(
+                s["refused_unavailable"] for s in steps
+                if s["delivered_per_s"] >= FELL_BEHIND * s["offered_deliveries_per_s"]),
+            "check": check}
 
 
-# --- report -----------------------------------------------------------------------------
+async def scaleout_run(opt: Options, scenario: tuple[int, int], count: int) -> dict:
+    rooms, per_room = scenario
+    rate = rate_per_client(opt.scaleout_load, rooms, per_room)
+    stack = Stack.start(opt.run_dir / f"scaleout-{count}x{count}", opt.cores, "redis", count, count,
+                        True)
+    gen = Clients(stack.port, rooms, per_room)
+    try:
+        await gen.open()
+        await asyncio.sleep(0.2)
+        idle = await stack.idle_rate(opt.idle_seconds)
+        await gen.run(rate, opt.warm_up)
+        before = stack.snapshot(gen)
+        await gen.run(rate, opt.seconds)
+        after = stack.snapshot(gen)
+        result = window(before, after, gen.echo, gen.lag, idle)
+        check = await settle(stack, gen, per_room, opt.settle_timeout)
+        keys = [s.keys() for s in stack.shards]
+    finally:
+        await gen.close()
+        stack.stop()
+    cpu = sum(result["replica_cpu_s"]) + result["redis_cpu_s"] + result["nginx_cpu_s"]
+    return {"config": f"{count} replica{'s' * (count > 1)} + {count} shard{'s' * (count > 1)}",
+            "replicas": count, "shards": count, "scenario": f"{rooms}x{per_room}",
+            "offered_deliveries_per_s": opt.scaleout_load, **result, "check": check,
+            "connections_per_replica": [round(c["connections"]) for c in after.counters],
+            "rooms_per_replica": [round(c["rooms"]) for c in after.counters],
+            "keys_per_shard": keys,
+            # A broker that takes one URL puts every room on the first shard.
+            "sharded": all(k > 0 for k in keys) and all(c > 0 for c in result["redis_commands"]),
+            "cpu_s": round(cpu, 3), "deliveries_per_cpu_s": round(result["delivered"] / cpu)}
 
 
-def table(rows: list[Result]) -> str:
-    head = (f"{'config':12} {'pub/s':>6} {'dlv/s':>6} {'broker/pub':>10} {'rooms/replica':>13} "
-            f"{'replica cpu us/dlv':>18} {'replica cpu %':>13} {'redis cpu us/pub':>16} "
-            f"{'(net)':>6} {'clients-dlv':>11}")
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        # Clients' count minus the servers': ~0; a busy generator core reads a few
-        # deliveries of the warm-up late (positive) or leaves some for after (negative).
-        check = r.client_received - r.delivered
-        lines.append(
-            f"{r.config:12} {r.published / r.send_seconds:>6.0f} "
-            f"{r.delivered / r.send_seconds:>6.0f} "
-            f"{r.broker_per_published:>10.3f} {'/'.join(map(str, r.rooms_per_replica)):>13} "
-            f"{r.replica_cpu_us_per_delivery:>18.1f} {r.replica_cpu_s / r.seconds * 100:>13.1f} "
-            f"{r.redis_cpu_us_per_published:>16.1f} {r.redis_net_cpu_us_per_published:>6.1f} "
-            f"{check:>11}")
-    return "\n".join(lines)
+# --- the run ---------------------------------------------------------------------------
 
 
-RATIO_FIELDS = ("broker_per_published", "replica_cpu_us_per_delivery",
-                "redis_cpu_us_per_published", "redis_net_cpu_us_per_published")
+def git_facts(root: Path) -> dict:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
+                              timeout=30).stdout.strip()
+
+    dirty = git("status", "--porcelain", "--", "services", "src").splitlines()
+    return {"root": str(root), "commit": git("rev-parse", "HEAD") or None,
+            "subject": git("log", "-1", "--format=%s") or None, "dirty_paths": dirty}
 
 
-def ratios(rows: list[Result]) -> dict[str, dict[str, float]]:
-    by = {r.config: r for r in rows}
-    pairs = {"random/room-hash": ("2-random", "2-room-hash"),
-             "2-room-hash/1-replica": ("2-room-hash", "1-replica")}
-    out = {}
-    for name, (top, bottom) in pairs.items():
-        if top in by and bottom in by:
-            out[name] = {f: round(getattr(by[top], f) / getattr(by[bottom], f), 3)
-                         if getattr(by[bottom], f) > 0 else float("nan") for f in RATIO_FIELDS}
-    return out
+def versions() -> dict:
+    redis = subprocess.run([components.find_program("redis-server"), "--version"],
+                           capture_output=True, text=True).stdout.split()
+    nginx = subprocess.run([components.find_program("nginx"), "-v"], capture_output=True, text=True)
+    return {"redis_server": next((w[2:] for w in redis if w.startswith("v=")), None),
+            "nginx": nginx.stderr.strip().rpartition("/")[2] or None,
+            "python": sys.version.split()[0]}
 
 
-def main() -> None:
+def scenario(text: str) -> tuple[int, int]:
+    rooms, sep, per_room = text.partition("x")
+    if not (sep and rooms.isdigit() and per_room.isdigit() and int(rooms) > 0 and int(per_room) > 0):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected ROOMSxCLIENTS, e.g. 100x4")
+    return int(rooms), int(per_room)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=20.0,
-                        help=f"measurement window per configuration, at most {MAX_SECONDS:g} "
-                             "(default: 20)")
-    parser.add_argument("--configs", nargs="+", default=[c[0] for c in CONFIGS],
-                        choices=[c[0] for c in CONFIGS])
-    parser.add_argument("--own-redis", action="store_true",
-                        help="a throwaway redis-server per configuration (pinned with the "
-                             f"cluster) instead of the shared one at {REDIS_URL}")
-    parser.add_argument("--json", type=Path, default=REPO / "build" / "bench" / "scaleout.json")
-    args = parser.parse_args()
-    if not 1 <= args.seconds <= MAX_SECONDS:
-        parser.error(f"--seconds must be between 1 and {MAX_SECONDS:g}")
-    if not args.own_redis and not redis_server.ping(REDIS_URL):
-        raise SystemExit(f"no Redis answers at {REDIS_URL} (or use --own-redis)")
-    command = shlex.join([sys.executable, *sys.argv])
-    print(f"command: (cd {shlex.quote(os.getcwd())} && {command})")
+    add = parser.add_argument
+    add("--seconds", type=float, default=5.0, help="measured window of each fixed and scale-out "
+        f"run, at most {MAX_SECONDS:g} (default 5)")
+    add("--warm-up", type=float, default=1.0, help="load before each measured window (default 1)")
+    add("--idle-seconds", type=float, default=1.0,
+        help="Redis idle rate probe, clients connected and silent (default 1)")
+    add("--load", type=float, default=20_000, help="fixed load in deliveries/s (default 20000)")
+    add("--scenarios", type=scenario, nargs="*", default=[(100, 4), (1, 100), (100, 10)],
+        metavar="RxC", help="fixed-load scenarios, rooms x clients (default 100x4 1x100 100x10)")
+    add("--saturation-scenario", type=scenario, default=(100, 4), metavar="RxC")
+    add("--saturation-start", type=float, default=5_000,
+        help="deliveries/s of the first saturation step (default 5000)")
+    add("--steps", type=int, default=10, help=f"saturation steps at most, <= {MAX_STEPS}; 0 skips")
+    add("--step-seconds", type=float, default=2.0)
+    add("--step-factor", type=float, default=1.5, help="load multiplier between saturation steps")
+    add("--scaleout-scenario", type=scenario, default=(100, 4), metavar="RxC")
+    add("--scaleout-load", type=float, default=10_000,
+        help="deliveries/s offered to both scale-out configurations (default 10000); 0 skips")
+    add("--json", type=Path, default=REPO / "build" / "bench" / "scaleout.json")
+    add("--run-dir", type=Path, default=REPO / "build" / "bench" / "scaleout-run",
+        help="logs and Redis folders of the run")
+    args = parser.parse_args(argv)
+    for name in ("seconds", "warm_up", "step_seconds"):
+        if not 0 < getattr(args, name) <= MAX_SECONDS:
+            parser.error(f"--{name.replace('_', '-')} must be in (0, {MAX_SECONDS:g}]")
+    if not 0 <= args.steps <= MAX_STEPS:
+        parser.error(f"--steps must be between 0 and {MAX_STEPS}")
+    for name in ("load", "saturation_start", "idle_seconds"):
+        if not getattr(args, name) > 0:
+            parser.error(f"--{name.replace('_', '-')} must be > 0")
+    if args.scaleout_load < 0:
+        parser.error("--scaleout-load must be >= 0 (0 skips the scale-out runs)")
+    if not args.step_factor > 1:
+        parser.error("--step-factor must be > 1")
+    return args
+
+
+def budget(args: argparse.Namespace) -> float:
+    """An upper bound of the run's duration: it stops itself after this."""
+    per_run = 25 + args.warm_up + args.idle_seconds + args.seconds + 15  # start, settle, stop
+    return (2 * len(args.scenarios) * per_run + 2 * (per_run + args.steps * args.step_seconds)
+            + 2 * per_run)
+
+
+async def measure(args: argparse.Namespace, opt: Options) -> dict:
+    fixed, saturation, scaleout = [], [], []
+    for rooms_clients in args.scenarios:
+        for broker in ("memory", "redis"):
+            fixed.append(await fixed_run(opt, rooms_clients, broker))
+            print(("" if len(fixed) > 1 else FIXED_HEAD + "\n") + fixed_row(fixed[-1]), flush=True)
+    if args.steps:
+        for broker in ("memory", "redis"):
+            saturation.append(await saturation_run(opt, args.saturation_scenario, broker))
+    if args.scaleout_load:
+        for count in (1, 2):
+            scaleout.append(await scaleout_run(opt, args.scaleout_scenario, count))
+            print(f"  scale-out {scaleout[-1]['config']}: {scaleout[-1]['deliveries_per_cpu_s']:,} "
+                  "deliveries per CPU-second", flush=True)
+    return {"fixed": fixed, "saturation": saturation, "scaleout": scaleout}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     available = sorted(os.sched_getaffinity(0))
-    cores = None
-    if len(available) >= 2:
-        cores = ({available[0]}, {available[1]})  # (cluster, generator)
-        os.sched_setaffinity(0, cores[1])
-    load_start = os.getloadavg()
-    print(f"load: {ROOMS} rooms x {PER_ROOM} clients, {RATE:g} msg/s each, window "
-          f"{args.seconds:g}s; Redis {'own' if args.own_redis else 'shared ' + REDIS_URL}; "
-          f"cpus {len(available)}, "
-          + (f"cluster on core {available[0]}, generator on core {available[1]}" if cores
-             else "not pinned (fewer than 2 cores)")
-          + f"; load average {' '.join(f'{x:.2f}' for x in load_start)}", flush=True)
-    rows = []
-    for config, replicas, routing in CONFIGS:
-        if config in args.configs:
-            rows.append(run_config(config, replicas, routing, cores, args.seconds,
-                                   args.own_redis))
-            print(table(rows[-1:]).splitlines()[-1], flush=True)
-    load_end = os.getloadavg()
-    print("\n" + table(rows))
-    found = ratios(rows)
-    for name, values in found.items():
-        print(f"{name}: " + ", ".join(f"{f} {v:.2f}x" for f, v in values.items()))
-    print(f"load average at the end: {' '.join(f'{x:.2f}' for x in load_end)}; "
-          + ("Redis: a throwaway one per configuration" if args.own_redis else
-             "Redis is shared with the machine's other users ('net' subtracts its idle rate)"))
+    facts = host_facts()  # before this process is pinned to one core
+    if len(available) < 2:
+        raise SystemExit("bench/scaleout.py needs 2 cores: replicas on one, the rest on the other")
+    support, server = available[0], available[1]  # the generator on the first, replicas on the second
+    os.sched_setaffinity(0, {support})
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds: every process is stopped
+    command = shlex.join([sys.executable, os.path.relpath(__file__),
+                          *(sys.argv[1:] if argv is None else argv)])
+    history_size = Settings().history_size
+    started, load_start = time.time(), os.getloadavg()
+    host = {**facts, **versions(), "code": git_facts(Path(scalechat.__file__).resolve().parents[2]),
+            "bench_commit": git_facts(REPO)["commit"],
+            "placement": {"replicas": f"core {server}, alone",
+                          "generator, redis, nginx": f"core {support}"}}
+    changed = host["code"]["dirty_paths"]
+    print(f"command: {command}\nhost: {host['cpu_model']}, {host['cpu_usable']} cores, load average "
+          f"{' '.join(f'{x:.2f}' for x in load_start)}; code {host['code']['commit']}"
+          + (f" with changes in {len(changed)} file(s)" if changed else "")
+          + f"; replicas on core {server}, generator, Redis and nginx on core {support}", flush=True)
+    shutil.rmtree(args.run_dir, ignore_errors=True)  # the logs of this run only
+    args.run_dir.mkdir(parents=True)
+    opt = Options(args.run_dir, (server, support), args.seconds, args.warm_up, args.idle_seconds,
+                  args.load, args.saturation_start, args.step_seconds, args.steps,
+                  args.step_factor, args.scaleout_load)
+    limit = budget(args)
+    try:
+        result = uvloop.run(asyncio.wait_for(measure(args, opt), limit))
+    except TimeoutError:
+        raise SystemExit(f"the run exceeded its {limit:.0f} s budget; logs in {args.run_dir}") from None
+    result["summary"] = summarize(result["fixed"], result["saturation"], result["scaleout"])
+    result["costs"] = costs(result["fixed"], result["scaleout"], history_size)
+    print(report(result))
+    host["loadavg_start"], host["loadavg_end"] = load_start, os.getloadavg()
+    document = {"benchmark": "scaleout", "format": 1,
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+                "date": time.strftime("%Y-%m-%d", time.localtime(started)),
+                "duration_s": round(time.time() - started, 1), "command": command, "host": host,
+                "options": {"seconds": args.seconds, "warm_up": args.warm_up,
+                            "idle_seconds": args.idle_seconds, "load": args.load,
+                            "saturation_scenario": "x".join(map(str, args.saturation_scenario)),
+                            "saturation_start": args.saturation_start,
+                            "steps": args.steps, "step_seconds": args.step_seconds,
+                            "step_factor": args.step_factor,
+                            "scaleout_scenario": "x".join(map(str, args.scaleout_scenario)),
+                            "scaleout_load": args.scaleout_load},
+                **result}
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({
-        "command": command, "cwd": os.getcwd(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "load": {"rooms": ROOMS, "clients_per_room": PER_ROOM, "msg_per_s_per_client": RATE,
-                 "window_s": args.seconds},
-        "redis": "own" if args.own_redis else REDIS_URL,
-        "machine": {"cpus": len(available), "pinned": cores is not None,
-                    "loadavg_start": load_start, "loadavg_end": load_end},
-        "results": [asdict(r) for r in rows], "ratios": found}, indent=2) + "\n")
+    args.json.write_text(json.dumps(document, indent=1) + "\n")
     print(f"wrote {args.json}")
 
 
