@@ -47,7 +47,8 @@ def test_a_saturated_replica_delivers_every_message_and_refuses_none(start_serve
          "--clients-per-room", str(PER_ROOM), "--rate", str(RATE), "--duration", str(SECONDS),
          "--warmup", "1", "--drain", "3", "--workers", "1", "--out", str(results)],
         capture_output=True, text=True, timeout=90, cwd=tmp_path)
-    assert done.returncode == 0, done.stdout + done.stderr
+    # 3: at capacity the default SLO (p99 <= 500 ms) may be missed; what counts here is that nothing is lost.
+    assert done.returncode in (0, 3), done.stdout + done.stderr
     _, (stage,) = read_results_dir(results)
     assert stage.connections == ROOMS * PER_ROOM
     assert stage.sent >= ROOMS * PER_ROOM * RATE * SECONDS * 0.95, stage.to_dict()
