@@ -19,6 +19,7 @@ from aiohttp import HttpVersion11, WSMsgType, web
 from aiohttp.http_websocket import WebSocketError
 
 from scalechat.chat.broker import create_broker
+from scalechat.chat.budget import MemoryBudget, default_limit
 from scalechat.chat.connection import Connection
 from scalechat.chat.errors import BrokerUnavailable
 from scalechat.chat.hub import Hub
@@ -77,7 +78,9 @@ async def _node_ctx(app: web.Application):
     metrics = Metrics(lambda: hub.connection_count, lambda: hub.room_count, app[state_key]["facts"])
     hub = Hub(asyncio.get_running_loop(), metrics.observe_processing,
               settings.flush_interval_ms / 1000)
-    node = Node(settings, create_broker(settings), metrics, hub)
+    budget = MemoryBudget(settings.memory_budget_bytes or default_limit())
+    metrics.watch_budget(budget)
+    node = Node(settings, create_broker(settings, budget), metrics, hub, budget)
     app[metrics_key], app[node_key] = metrics, node
     if settings.metrics_port:
         metrics.serve(settings.host, settings.metrics_port)
@@ -164,6 +167,9 @@ def _admit(request: web.Request, ws: web.WebSocketResponse) -> tuple[str, str, i
         raise Refused(503, "server is shutting down", RefusalReason.DRAINING)
     if node.hub.connection_count >= settings.max_connections:
         raise Refused(503, f"connection limit of {settings.max_connections} reached", RefusalReason.CAPACITY)
+    if not node.admit_join(request.remote):
+        raise Refused(429, "too many new connections from this address; retry later",
+                      RefusalReason.JOIN_RATE)
     if not _origin_allowed(request, settings):
         raise Refused(403, f"origin {request.headers['Origin']!r} is not allowed", RefusalReason.ORIGIN)
     query = request.query
@@ -262,9 +268,12 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         node.metrics.connections_refused.labels(reason=refusal.label).inc()
         return refusal.response()
     await ws.prepare(request)
+    now = time.perf_counter()
     conn = Connection(ws, request.transport, room, name, settings.send_buffer_bytes,
-                      TokenBucket(settings.rate_limit, settings.rate_burst, time.perf_counter()),
-                      node.hub.schedule_flush, node.condemn_slow)
+                      TokenBucket(settings.rate_limit, settings.rate_burst, now),
+                      node.hub.schedule_flush, node.condemn_slow,
+                      TokenBucket(settings.rate_limit_bytes,  # 4 s of it, at least one frame
+                                  max(4 * settings.rate_limit_bytes, settings.max_message_bytes), now))
     try:
         await node.join(conn, since, epoch)
         await _receive_loop(ws, conn, node)

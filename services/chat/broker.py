@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import Protocol
 
+from scalechat.chat.budget import MemoryBudget
 from scalechat.chat.settings import Settings
 
 # deliver(room, seq, payload, received_at): payload is an encoded ``message`` frame;
@@ -104,10 +105,11 @@ class Broker(Protocol):
         ...
 
 
-def create_broker(settings: Settings) -> Broker:
+def create_broker(settings: Settings, budget: MemoryBudget | None = None) -> Broker:
+    """The broker ``settings.broker`` names; the memory broker keeps its history in ``budget``."""
     if settings.broker == "memory":
         from scalechat.chat.broker_memory import MemoryBroker
-        return MemoryBroker(settings)
+        return MemoryBroker(settings, budget=budget)
     from scalechat.chat.broker_redis import RedisBroker
     return RedisBroker(settings)
 

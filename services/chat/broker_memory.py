@@ -1,8 +1,12 @@
 """In-process broker: single node only (replicas would each have their own rooms).
 
-Memory is bounded: each room keeps at most ``history_size`` messages; an empty
-room is forgotten after ``room_idle_seconds``, and at most ``max_rooms`` empty
-rooms are kept (least recently active forgotten first). A forgotten or
+Memory is bounded in bytes, not only in messages: each room keeps at most
+``history_size`` messages and ``history_room_bytes`` bytes of them (the stored
+frames, measured); all rooms together stay within the process's
+:class:`~scalechat.chat.budget.MemoryBudget`, by dropping the oldest messages of
+the least recently active rooms first. An empty room is forgotten after
+``room_idle_seconds``, and at most ``max_rooms`` empty rooms are kept (least
+recently active forgotten first). A forgotten or
 restarted room starts a new epoch, so a stale ``since`` is reported as lost
 continuity rather than silently resumed. The dedupe window of resent ``cid`` values
 covers the same ``history_size`` seqs as the history.
@@ -17,18 +21,20 @@ import time
 from collections import OrderedDict, deque
 
 from scalechat.chat.broker import Deliver, DeliverEvent, Draft, History, Published, select_history
+from scalechat.chat.budget import MemoryBudget
 from scalechat.chat.protocol import encode_message
 from scalechat.chat.settings import Settings
 
 
 class _Room:
-    __slots__ = ("epoch", "seq", "entries", "subscribed", "members", "last_active", "cids",
-                 "cid_order")
+    __slots__ = ("epoch", "seq", "entries", "bytes", "subscribed", "members", "last_active",
+                 "cids", "cid_order")
 
-    def __init__(self, history_size: int, now: float) -> None:
+    def __init__(self, now: float) -> None:
         self.epoch = secrets.token_hex(4)
         self.seq = 0
-        self.entries: deque[tuple[int, bytes]] = deque(maxlen=history_size)
+        self.entries: deque[tuple[int, bytes]] = deque()
+        self.bytes = 0  # of the payloads in entries
         self.subscribed = False
         self.members = 0
         self.last_active = now
@@ -39,10 +45,14 @@ class _Room:
 class MemoryBroker:
     """Delivers synchronously inside ``publish``; never unavailable."""
 
-    def __init__(self, settings: Settings, clock=time.monotonic) -> None:
+    def __init__(self, settings: Settings, clock=time.monotonic,
+                 budget: MemoryBudget | None = None) -> None:
         self._settings = settings
         self._clock = clock
+        self._budget = budget or MemoryBudget(1 << 62)
         self._rooms: dict[str, _Room] = {}
+        # Rooms holding history, least recently published to first: who sheds first.
+        self._holding: OrderedDict[str, None] = OrderedDict()
         # Rooms with no subscriber, least recently active first.
         self._idle: OrderedDict[str, None] = OrderedDict()
         self._deliver: Deliver | None = None
@@ -70,7 +80,7 @@ class MemoryBroker:
     def _room(self, name: str) -> _Room:
         room = self._rooms.get(name)
         if room is None:
-            room = self._rooms[name] = _Room(self._settings.history_size, self._clock())
+            room = self._rooms[name] = _Room(self._clock())
             self._mark_idle(name)
         return room
 
@@ -79,7 +89,12 @@ class MemoryBroker:
         self._idle.move_to_end(name)
         while len(self._idle) > self._settings.max_rooms:
             oldest, _ = self._idle.popitem(last=False)
-            del self._rooms[oldest]
+            self._forget(oldest)
+
+    def _forget(self, name: str) -> None:
+        room = self._rooms.pop(name)
+        self._budget.history -= room.bytes
+        self._holding.pop(name, None)
 
     async def subscribe(self, room: str) -> None:
         state = self._room(room)
@@ -107,11 +122,46 @@ class MemoryBroker:
         seq = state.seq
         payload = encode_message(draft.room, seq, state.epoch, draft.sender, draft.text,
                                  int(time.time() * 1000), draft.cid)
-        state.entries.append((seq, payload))
+        self._keep(draft.room, state, seq, payload)
         state.last_active = self._clock()
         if state.subscribed:
             self._deliver(draft.room, seq, payload, draft.received_at)
         return Published(seq)
+
+    def _keep(self, name: str, state: _Room, seq: int, payload: bytes) -> None:
+        """Append to the room's history within its caps and the process budget."""
+        settings, budget, entries = self._settings, self._budget, state.entries
+        if not settings.history_size:
+            return
+        size = len(payload)
+        entries.append((seq, payload))
+        state.bytes += size
+        budget.history += size
+        cap = settings.history_room_bytes
+        while len(entries) > settings.history_size or (state.bytes > cap and len(entries) > 1):
+            self._drop_oldest(state)
+        holding = self._holding
+        holding[name] = None
+        holding.move_to_end(name)
+        if budget.history > budget.history_room:
+            self._shed()
+
+    def _drop_oldest(self, state: _Room) -> None:
+        size = len(state.entries.popleft()[1])
+        state.bytes -= size
+        self._budget.history -= size
+
+    def _shed(self) -> None:
+        """Drop the oldest messages of the least recently active rooms until within budget."""
+        budget, holding, rooms = self._budget, self._holding, self._rooms
+        while budget.history > budget.history_room and holding:
+            name = next(iter(holding))
+            state = rooms[name]
+            while state.entries and budget.history > budget.history_room:
+                self._drop_oldest(state)
+                budget.history_dropped += 1
+            if not state.entries:
+                del holding[name]
 
     def _remember(self, state: _Room, dedupe: str, seq: int) -> None:
         order = state.cid_order
@@ -146,7 +196,7 @@ class MemoryBroker:
             if self._rooms[name].last_active > deadline:
                 break  # _idle is ordered by last activity
             del self._idle[name]
-            del self._rooms[name]
+            self._forget(name)
             forgotten += 1
         return forgotten
 

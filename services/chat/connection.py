@@ -7,8 +7,10 @@ per message. Frames for this socket alone (its history, its errors) go through
 ``push`` and are written first at the same flush, in the order they were
 queued relative to the room's frames. The bytes waiting for a connection
 (queued plus in the transport) are bounded by ``limit`` (plus the history
-frame sent on join): past it the connection is condemned as a slow consumer
-and its owner closes it with 1013.
+frame sent on join counts too): past it the connection is condemned as a slow
+consumer and its owner closes it with 1013. A history frame is queued as parts
+that reference the room's stored messages and written with ``writelines``, so
+joiners share those bytes instead of holding a copy each.
 """
 
 from __future__ import annotations
@@ -21,25 +23,29 @@ from aiohttp import WSMsgType, web
 
 from scalechat.chat.ratelimit import TokenBucket
 
+SHARED_WRITE = 65536  # queued bytes from which a flush writes the parts as they are (writelines)
+
 if TYPE_CHECKING:
     from scalechat.chat.hub import RoomBatch
 
 
 class Connection:
-    __slots__ = ("ws", "transport", "room", "name", "limit", "bucket", "_pending",
+    __slots__ = ("ws", "transport", "room", "name", "limit", "bucket", "byte_bucket", "_pending",
                  "_pending_bytes", "_held", "dead", "_schedule_flush", "on_overflow", "_deflate", "_deflater",
                  "batch", "mark")
 
     def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport, room: str,
                  name: str, limit: int, bucket: TokenBucket,
                  schedule_flush: Callable[["Connection"], None],
-                 on_overflow: Callable[["Connection"], None]) -> None:
+                 on_overflow: Callable[["Connection"], None],
+                 byte_bucket: TokenBucket | None = None) -> None:
         self.ws = ws
         self.transport = transport
         self.room = room
         self.name = name
         self.limit = limit
         self.bucket = bucket
+        self.byte_bucket = byte_bucket  # bytes of frames per second; None: no such limit
         self._pending: list[bytes] = []
         self._pending_bytes = 0
         self._held: list[tuple[int, bytes]] | None = None
@@ -124,16 +130,21 @@ class Connection:
         """Keep live frames aside until the history frame is sent (see release)."""
         self._held = []
 
-    def release(self, first: bytes, last_seq: int) -> None:
-        """Send ``first`` (the history), then held frames it does not already cover.
+    def release(self, first: list[bytes], last_seq: int) -> None:
+        """Send ``first`` (the history frame's parts), then held frames it does not cover.
 
-        The history frame is bounded by history_on_join x max_message_bytes and
-        may exceed the send buffer, so the bound grows by its size.
+        The history counts against the send buffer like any frame (the caller
+        keeps it within half of it).
         """
         self._catch_up()  # room frames queued since the last flush join the held ones
         held, self._held = self._held or [], None
-        self.limit += len(first)
-        self.push(first)
+        if not self.dead:
+            if self._deflate:  # the compressor takes whole frames
+                first = [b"".join(first)]
+            if not self._pending:
+                self._schedule_flush(self)
+            self._pending.extend(first)
+            self._pending_bytes += sum(map(len, first))
         for seq, frame in held:
             if seq == 0 or seq > last_seq:
                 self.push(frame)
@@ -150,12 +161,25 @@ class Connection:
             if self._deflater is None or self._deflater.done():
                 self._deflater = asyncio.get_running_loop().create_task(self._write_deflated())
             return frames
-        data = self._pending[0] if frames == 1 else b"".join(self._pending)
-        self._pending.clear()
+        pending, nbytes = self._pending, self._pending_bytes
+        self._pending = []
         self._pending_bytes = 0
-        if not self.transport.is_closing():
-            self.transport.write(data)
+        if self.transport.is_closing():
+            return frames
+        if nbytes >= SHARED_WRITE:  # a history: keep referencing the stored messages
+            self.transport.writelines(pending)
+        else:
+            self.transport.write(pending[0] if frames == 1 else b"".join(pending))
         return frames
+
+    def queued_bytes(self) -> int:
+        """Bytes waiting for this client: queued here and in the transport."""
+        return self._pending_bytes + self.transport.get_write_buffer_size()
+
+    def condemn(self) -> None:
+        """Drop what is queued and have the owner close the socket as a slow consumer."""
+        if not self.dead:
+            self._condemn()
 
     async def drain(self) -> None:
         """Write every frame queued so far, then take no more (``push`` drops them).

@@ -21,3 +21,12 @@ def frame_text(payload: bytes) -> bytes:
     if n < 65536:
         return _LEN16.pack(_FIN_TEXT, 126, n) + payload
     return _LEN64.pack(_FIN_TEXT, 127, n) + payload
+
+
+def text_header(n: int) -> bytes:
+    """The header of an unmasked, unfragmented text frame of ``n`` payload bytes."""
+    if n < 126:
+        return bytes((_FIN_TEXT, n))
+    if n < 65536:
+        return _LEN16.pack(_FIN_TEXT, 126, n)
+    return _LEN64.pack(_FIN_TEXT, 127, n)

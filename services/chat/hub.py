@@ -23,7 +23,7 @@ taken at each flush. A room leaves the batching tier when it expects fewer
 than one frame per interval; the gap between one and two keeps it from
 flapping. With ``flush_interval`` 0 every room is written at the end of each
 loop tick. A socket's own frames (history, errors) go out at its room's next
-flush.
+flush. Presence frames are rate-limited per room (see :meth:`Hub.presence`).
 """
 
 from __future__ import annotations
@@ -34,14 +34,17 @@ from collections.abc import Callable
 
 from scalechat.chat.connection import Connection
 from scalechat.chat.framing import frame_text
+from scalechat.chat.ratelimit import TokenBucket
 
 GAP_WEIGHT = 0.125  # weight of the newest gap in the moving average (smooths bursty arrivals)
+PRESENCE_RATE, PRESENCE_BURST = 10.0, 20  # a room's presence frames per second, and at once
 
 
 class RoomBatch:
     """One room's local members and the frames broadcast to it since its last flush."""
 
-    __slots__ = ("members", "frames", "seqs", "queued", "batching", "gap", "last_flush")
+    __slots__ = ("members", "frames", "seqs", "queued", "batching", "gap", "last_flush",
+                 "presence", "presence_bucket")
 
     def __init__(self, gap: float) -> None:
         self.members: set[Connection] = set()
@@ -51,6 +54,8 @@ class RoomBatch:
         self.batching = False
         self.gap = gap  # moving average of the seconds between frames
         self.last_flush = time.perf_counter()
+        self.presence: dict[str, bytes] = {}  # name -> its latest presence frame, held back
+        self.presence_bucket = TokenBucket(PRESENCE_RATE, PRESENCE_BURST, float("-inf"))
 
 
 class _Tier:
@@ -127,6 +132,33 @@ class Hub:
         if received_at is not None:
             tier.received.append(received_at)
         return len(batch.members)
+
+    def presence(self, room: str, name: str, payload: bytes) -> None:
+        """Queue a presence frame; a room's presence frames are rate-limited (``PRESENCE_RATE``
+        per second, bursts of ``PRESENCE_BURST``) and, over the limit, coalesced to the latest
+        per member name until the next release: a member joining and leaving in a loop costs
+        the others a few frames a second, not one per join. Under the limit they go out at
+        once, in order."""
+        batch = self._rooms.get(room)
+        if batch is None:
+            return
+        waiting = batch.presence
+        if not waiting:
+            now = self._loop.time()
+            if batch.presence_bucket.allow(now):
+                self.broadcast(room, payload)
+                return
+            self._loop.call_at(now + 1 / PRESENCE_RATE, self._release_presence, room, batch)
+        waiting.pop(name, None)
+        waiting[name] = payload  # the latest, last in order
+
+    def _release_presence(self, room: str, batch: RoomBatch) -> None:
+        waiting, batch.presence = batch.presence, {}
+        if self._rooms.get(room) is not batch:
+            return  # the room emptied meanwhile
+        batch.presence_bucket.allow(self._loop.time())  # the release costs one token
+        for payload in waiting.values():
+            self.broadcast(room, payload)
 
     def schedule_flush(self, conn: Connection) -> None:
         """``conn`` has frames of its own to write: they go out at its room's flush."""

@@ -53,6 +53,10 @@ class Metrics:
                                 "Client frames refused, by reason.", ["reason"], registry=registry)
         for code in (*ErrorCode, "too_big", "binary", "invalid_utf8"):
             self.rejected.labels(reason=str(code))
+        self.close_aborts = Counter(
+            "scalechat_close_aborts_total",
+            "Sockets aborted because the peer did not take its close frame within the close "
+            "timeout (a client that stopped reading).", registry=registry)
         self.deduplicated = Counter(
             "scalechat_messages_deduplicated_total",
             "Messages resent with a cid the room already stored: acknowledged with the original "
@@ -65,6 +69,17 @@ class Metrics:
         Info("scalechat_host", "Facts about the host a load test must be read against.",
              registry=registry).info({k: "" if v is None else str(v) for k, v in host_facts.items()})
         self._server = None
+
+    def watch_budget(self, budget) -> None:
+        """Export the memory budget's figures (read at scrape time)."""
+        registry = self.registry
+        Gauge("scalechat_memory_budget_bytes", "Bytes of history plus outgoing buffers this "
+              "process may hold.", registry=registry).set_function(lambda: budget.limit)
+        Gauge("scalechat_history_bytes", "Bytes of messages kept in rooms' history in this "
+              "process.", registry=registry).set_function(lambda: budget.history)
+        Gauge("scalechat_outgoing_bytes", "Bytes queued for clients, as last measured.",
+              registry=registry).set_function(lambda: budget.outgoing)
+        registry.register(_BudgetCollector(budget))
 
     def observe_processing(self, received: list[float], now: float) -> None:
         buckets = self._buckets
@@ -108,3 +123,16 @@ class _HotCollector(Collector):
             "scalechat_message_processing_seconds",
             "From a message reaching this process to its write to the last local recipient.",
             buckets=cumulative, sum_value=total)
+
+
+class _BudgetCollector(Collector):
+    """The budget's counter, kept as a plain int on the message path."""
+
+    def __init__(self, budget) -> None:
+        self._budget = budget
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily("scalechat_history_dropped",
+                                  "Messages dropped from history to stay within the memory "
+                                  "budget (least recently active rooms first).",
+                                  value=self._budget.history_dropped)

@@ -12,22 +12,30 @@ import logging
 import time
 from collections.abc import AsyncIterator
 
-from scalechat.chat.broker import Broker, Draft
+import orjson
+
+from scalechat.chat.broker import Broker, Draft, History
+from scalechat.chat.budget import SWEEP_SECONDS, MemoryBudget
 from scalechat.chat.connection import Connection
 from scalechat.chat.errors import BrokerUnavailable, ProtocolError
 from scalechat.chat.hub import Hub
 from scalechat.chat.metrics import Metrics
-from scalechat.chat.protocol import (CloseCode, ErrorCode, encode_error, encode_history,
+from scalechat.chat.protocol import (CloseCode, ErrorCode, encode_error, encode_history_parts,
                                      encode_presence, extract_cid, parse_client_frame)
-from scalechat.chat.framing import frame_text
+from scalechat.chat.framing import frame_text, text_header
+from scalechat.chat.ratelimit import AddressLimiter
 from scalechat.chat.settings import Settings
 
 log = logging.getLogger(__name__)
 
+CLOSE_TIMEOUT = 2.0  # seconds a condemned socket gets to take its close frame before the abort
+
 
 class Node:
-    def __init__(self, settings: Settings, broker: Broker, metrics: Metrics, hub: Hub) -> None:
+    def __init__(self, settings: Settings, broker: Broker, metrics: Metrics, hub: Hub,
+                 budget: MemoryBudget | None = None) -> None:
         self.settings = settings
+        self.budget = budget or MemoryBudget(1 << 62)
         self.broker = broker
         self.metrics = metrics
         self.hub = hub
@@ -37,15 +45,25 @@ class Node:
         self._left = asyncio.Event()  # set whenever the last joined connection has left
         self._left.set()
         self._room_locks: dict[str, list] = {}  # room -> [lock, users]
+        self._sweeper: asyncio.Task | None = None
+        rate = settings.joins_per_address
+        self._joins = AddressLimiter(rate, max(1, int(10 * rate))) if rate else None
+
+    def admit_join(self, address: str | None) -> bool:
+        """Whether a client at ``address`` may open one more socket now (joins_per_address)."""
+        return self._joins is None or address is None or self._joins.allow(address, time.monotonic())
 
     async def start(self) -> None:
         await self.broker.start(self._deliver, self._deliver_event)
+        self._sweeper = asyncio.create_task(self._sweep_outgoing(), name="outgoing-budget")
 
     async def close(self, timeout: float = 5.0) -> None:
         """Close the broker once every joined connection has left (leaves announced first)."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 await self._left.wait()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         await self.broker.close()
 
     # --- broker callbacks ---------------------------------------------------------
@@ -60,7 +78,11 @@ class Node:
             self.metrics.delivered += delivered
 
     def _deliver_event(self, room: str, payload: bytes) -> None:
-        self.hub.broadcast(room, payload)
+        try:
+            name = orjson.loads(payload)["name"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            name = ""
+        self.hub.presence(room, name, payload)
 
     # --- membership ---------------------------------------------------------------
 
@@ -73,10 +95,26 @@ class Node:
             if self.hub.add(conn) == 1:
                 await self.broker.subscribe(conn.room)
         history = await self.broker.history(conn.room, since, epoch, self.settings.history_on_join)
-        frame = encode_history(conn.room, history.epoch, history.last_seq, conn.name, self.name,
-                               history.continuity_lost, history.messages)
-        conn.release(frame_text(frame), history.last_seq)
+        history = self._fit(history, since, conn.limit // 2)
+        parts = encode_history_parts(conn.room, history.epoch, history.last_seq, conn.name,
+                                     self.name, history.continuity_lost, history.messages)
+        conn.release([text_header(sum(map(len, parts))), *parts], history.last_seq)
         await self._announce(conn, "join", +1)
+
+    @staticmethod
+    def _fit(history: History, since: int | None, room: int) -> History:
+        """Keep the newest messages whose bytes fit ``room``; a truncated resume loses continuity."""
+        total, keep = 0, 0
+        for message in reversed(history.messages):
+            total += len(message) + 1
+            if total > room:
+                break
+            keep += 1
+        if keep == len(history.messages):
+            return history
+        kept = history.messages[len(history.messages) - keep:]
+        return History(history.epoch, history.last_seq, kept,
+                       history.continuity_lost or since is not None)
 
     async def leave(self, conn: Connection) -> None:
         """Undo ``join`` (at most once per connection, whoever calls first)."""
@@ -119,10 +157,13 @@ class Node:
     async def handle_text(self, conn: Connection, text: str) -> CloseCode | None:
         """Handle one client text frame; return a close code if the socket must close."""
         received_at = time.perf_counter()
-        if not conn.bucket.allow(received_at):
+        bytes_ = conn.byte_bucket
+        if not conn.bucket.allow(received_at) or (bytes_ is not None and not bytes_.allow(
+                received_at, len(text) if text.isascii() else len(text.encode()))):
             self._reject(conn, ErrorCode.RATE_LIMITED, "rate limit exceeded: message dropped",
                          extract_cid(text))
-            if conn.bucket.consecutive_drops >= self.settings.rate_burst:
+            drops = max(conn.bucket.consecutive_drops, bytes_.consecutive_drops if bytes_ else 0)
+            if drops >= self.settings.rate_burst:
                 return CloseCode.POLICY_VIOLATION
             return None
         try:
@@ -143,6 +184,10 @@ class Node:
             self.metrics.deduplicated.inc()
             if published.original is not None:
                 conn.push(frame_text(published.original), published.seq)
+            else:
+                conn.push(frame_text(encode_error(
+                    ErrorCode.DUPLICATE, f"already stored as seq {published.seq}; its frame has "
+                    "left the history", request.cid)))
             return None
         self.metrics.received += 1
         return None
@@ -156,16 +201,21 @@ class Node:
     def condemn_slow(self, conn: Connection) -> None:
         """Overflow callback: close with 1013 without blocking the broadcast."""
         self.metrics.slow_consumers.inc()
-        self.close_soon(conn, CloseCode.TRY_AGAIN_LATER, "slow consumer")
+        self.close_soon(conn, CloseCode.TRY_AGAIN_LATER, "slow consumer", CLOSE_TIMEOUT)
 
-    def close_soon(self, conn: Connection, code: CloseCode, reason: str) -> None:
-        task = asyncio.get_running_loop().create_task(self.close_connection(conn, code, reason))
+    def close_soon(self, conn: Connection, code: CloseCode, reason: str,
+                   timeout: float = CLOSE_TIMEOUT) -> None:
+        task = asyncio.get_running_loop().create_task(
+            self.close_connection(conn, code, reason, timeout))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
     async def close_connection(self, conn: Connection, code: CloseCode, reason: str,
                                timeout: float = 5.0) -> None:
-        """Send what is queued, then a close frame; abort if the peer does not finish in ``timeout``."""
+        """Send what is queued, then a close frame; abort if the peer has not finished within
+        ``timeout``. Either way the socket is gone within ``timeout``: a peer that reads
+        nothing never lets a graceful close finish, so its transport is aborted (file
+        descriptor, buffers, connection slot and presence released)."""
 
         async def close() -> None:
             await conn.drain()
@@ -173,11 +223,35 @@ class Node:
 
         try:
             await asyncio.wait_for(close(), timeout)
-        except (asyncio.TimeoutError, ConnectionError, RuntimeError):
-            pass
-        finally:
             if not conn.transport.is_closing():
                 conn.transport.abort()
+            return
+        except (asyncio.TimeoutError, ConnectionError, RuntimeError):
+            pass
+        if conn.transport.get_write_buffer_size() or not conn.transport.is_closing():
+            self.metrics.close_aborts.inc()
+        conn.transport.abort()
+
+    async def _sweep_outgoing(self) -> None:
+        """Measure the bytes queued for clients; above their share of the budget, close the
+        clients holding the most (they are the ones not reading)."""
+        budget = self.budget
+        while True:
+            await asyncio.sleep(SWEEP_SECONDS)
+            conns = [c for c in self._joined if not c.dead]
+            queued = [(c.queued_bytes(), c) for c in conns]
+            budget.outgoing = total = sum(q for q, _ in queued)
+            if total <= budget.outgoing_limit:
+                continue
+            queued.sort(key=lambda item: item[0], reverse=True)
+            for size, conn in queued:
+                if total <= budget.outgoing_limit or size == 0:
+                    break
+                log.warning("outgoing buffers at %d bytes, over their budget of %d: closing the "
+                            "client holding %d bytes as a slow consumer", total,
+                            budget.outgoing_limit, size)
+                conn.condemn()
+                total -= size
 
     async def close_all(self, code: CloseCode, reason: str, timeout: float) -> None:
         """Close every socket and announce its leave while the broker is still up."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import orjson
@@ -53,6 +53,7 @@ class ErrorCode(enum.StrEnum):
     TEXT_TOO_LONG = "text_too_long"
     RATE_LIMITED = "rate_limited"
     UNAVAILABLE = "unavailable"
+    DUPLICATE = "duplicate"  # a resent cid whose stored frame has left the history
 
 
 class RefusalReason(enum.StrEnum):
@@ -65,6 +66,7 @@ class RefusalReason(enum.StrEnum):
     CAPACITY = "capacity"
     ORIGIN = "origin"
     AUTH = "auth"
+    JOIN_RATE = "join_rate"  # joins_per_address exceeded (HTTP 429)
 
 
 class CloseCode(enum.IntEnum):
@@ -164,6 +166,26 @@ def encode_message(room: str, seq: int, epoch: str, sender: str, text: str, ts_m
         "type": ServerType.MESSAGE, "room": room, "seq": seq, "id": f"{epoch}-{seq}",
         "from": sender, "text": text, "ts": ts_ms, "cid": cid,
     })).tobytes()
+
+
+def encode_history_parts(room: str, epoch: str, last_seq: int, name: str, node: str,
+                         continuity_lost: bool, messages: Sequence[bytes]) -> list[bytes]:
+    """The history frame's JSON as parts that reuse the stored ``messages`` (no copy of them).
+
+    Joined, the parts are byte-for-byte :func:`encode_history`; written with
+    ``writelines`` they cost each joiner a list of references, not the bytes.
+    """
+    head = orjson.dumps({
+        "type": ServerType.HISTORY, "room": room, "epoch": epoch, "last_seq": last_seq,
+        "name": name, "node": node, "continuity_lost": continuity_lost,
+    })
+    parts = [head[:-1] + b',"messages":[']
+    for i, message in enumerate(messages):
+        if i:
+            parts.append(b",")
+        parts.append(message)
+    parts.append(b"]}")
+    return parts
 
 
 def encode_history(room: str, epoch: str, last_seq: int, name: str, node: str,

@@ -19,14 +19,38 @@ class TokenBucket:
         self._stamp = now
         self.consecutive_drops = 0
 
-    def allow(self, now: float) -> bool:
+    def allow(self, now: float, cost: float = 1.0) -> bool:
+        """Take ``cost`` tokens (1 per message, or a message's bytes) if there are that many."""
         elapsed = now - self._stamp
         if elapsed > 0:
             self._tokens = min(self.burst, self._tokens + elapsed * self.rate)
             self._stamp = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
+        if self._tokens >= cost:
+            self._tokens -= cost
             self.consecutive_drops = 0
             return True
         self.consecutive_drops += 1
         return False
+
+
+class AddressLimiter:
+    """One token bucket per client address, for events such as joins; sans I/O.
+
+    Memory is bounded: at most ``max_addresses`` buckets; when full, the bucket
+    unused the longest is forgotten first (a forgotten address starts full again,
+    so an attacker gains nothing by rotating addresses it cannot spoof).
+    """
+
+    def __init__(self, rate: float, burst: int, max_addresses: int = 100_000) -> None:
+        self.rate, self.burst, self.max_addresses = rate, burst, max_addresses
+        self._buckets: dict[str, TokenBucket] = {}
+
+    def allow(self, address: str, now: float) -> bool:
+        buckets = self._buckets
+        bucket = buckets.pop(address, None)  # re-inserted last: dict order is recency
+        if bucket is None:
+            bucket = TokenBucket(self.rate, self.burst, now)
+            if len(buckets) >= self.max_addresses:
+                del buckets[next(iter(buckets))]
+        buckets[address] = bucket
+        return bucket.allow(now)

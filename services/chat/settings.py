@@ -58,6 +58,14 @@ class Settings:
               "history_size x max_message_bytes.", minimum=0)
     history_on_join: int = _setting(
         50, "Messages sent in the history frame on join without ?since=.", minimum=0)
+    history_room_bytes: int = _setting(
+        4 << 20, "Bytes of stored messages kept per room besides history_size (the oldest beyond "
+                 "it are dropped).", minimum=1024)
+    memory_budget_bytes: int = _setting(
+        0, "Bytes of history and outgoing buffers this process may hold; beyond it the oldest "
+           "history of the least recently active rooms is dropped, and the clients holding the "
+           "most queued bytes are closed as slow consumers. 0: a quarter of the cgroup memory "
+           "limit when there is one, else 256 MiB.", minimum=0)
     max_rooms: int = _setting(
         10000, "Rooms kept in memory with no members; beyond it the least recently used idle "
                "room is forgotten. With history_size this bounds history memory.", minimum=1)
@@ -76,6 +84,15 @@ class Settings:
         40, "Token bucket size: messages a connection may send at once. Dropped messages get an "
             "error 'rate_limited'; a burst of drops this long closes the socket with 1008.",
         minimum=1)
+    rate_limit_bytes: float = _setting(
+        65536.0, "Bytes per second of message frames a connection may send (a token bucket holding "
+                 "4 s of it, and at least one largest frame); over it messages are dropped with "
+                 "'rate_limited' like over rate_limit.", minimum=1)
+    joins_per_address: float = _setting(
+        0.0, "WebSocket upgrades per second from one client address (a token bucket holding 10 s "
+             "of it); more get HTTP 429. 0: no limit. Behind a proxy or a load generator every "
+             "client shares the proxy's address: set it on replicas that see clients directly.",
+        minimum=0)
     max_connections: int = _setting(
         10000, "WebSocket connections per process; beyond it upgrades get HTTP 503.", minimum=1)
     handshake_seconds: float = _setting(

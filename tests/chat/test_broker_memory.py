@@ -7,6 +7,7 @@ import pytest
 
 from scalechat.chat.broker import Draft
 from scalechat.chat.broker_memory import MemoryBroker
+from scalechat.chat.budget import MemoryBudget
 from scalechat.chat.settings import Settings
 
 
@@ -132,3 +133,23 @@ async def test_a_resent_cid_is_acknowledged_with_the_original_within_the_window(
         await publish(broker, "idem", str(i))
     late = await broker.publish(Draft("idem", "alice", "hi", "c1", 0.0))
     assert (late.seq, late.duplicate) == (history_size + 3, False)  # out of the window
+
+
+async def test_history_is_capped_in_bytes_per_room_and_across_rooms_by_the_budget():
+    budget = MemoryBudget(limit=7_000)  # less than the three rooms' caps together
+    b = MemoryBroker(Settings(history_size=100, history_on_join=10, history_room_bytes=4_000),
+                     budget=budget)
+    await b.start(lambda *a: None, lambda *a: None)
+    try:
+        for room in ("old", "mid", "new"):
+            for i in range(30):
+                await publish(b, room, "x" * 200)  # ~330 stored bytes each
+        assert budget.history <= 7_000 and budget.history_dropped > 0
+        kept = {room: (await b.history(room, 0, None, 100)) for room in ("old", "mid", "new")}
+        assert sum(len(m) for m in kept["new"].messages) <= 4_000  # the room cap
+        assert kept["old"].messages == [] and kept["old"].continuity_lost  # shed first
+        assert kept["mid"].messages and kept["mid"].continuity_lost  # then the next one
+        seqs = [orjson.loads(m)["seq"] for m in kept["new"].messages]
+        assert seqs == list(range(seqs[0], 31))  # the newest, with no gap
+    finally:
+        await b.close()

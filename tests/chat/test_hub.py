@@ -6,7 +6,7 @@ import asyncio
 
 from scalechat.chat.connection import Connection
 from scalechat.chat.framing import frame_text
-from scalechat.chat.hub import Hub
+from scalechat.chat.hub import PRESENCE_BURST, PRESENCE_RATE, Hub
 from scalechat.chat.ratelimit import TokenBucket
 
 INTERVAL = 0.02
@@ -196,7 +196,7 @@ async def test_a_held_member_gets_history_then_only_what_history_does_not_cover(
     hub.broadcast("r", b"s2", seq=2)
     hub.broadcast("r", b"presence", seq=0)
     hub.broadcast("r", b"s3", seq=3)
-    joiner.release(frame_text(b"history-to-2"), last_seq=2)
+    joiner.release([frame_text(b"history-to-2")], last_seq=2)
     hub.broadcast("r", b"s4", seq=4)
     await asyncio.sleep(0.01)
     assert texts(joiner_t) == [b"history-to-2", b"presence", b"s3", b"s4"]
@@ -224,3 +224,18 @@ async def test_a_held_member_that_leaves_before_its_history_is_sent_nothing_from
     hub.remove(joiner)  # e.g. the broker failed before its history could be read
     await joiner.drain()
     assert texts(joiner_t) == []
+
+
+async def test_presence_goes_out_at_once_until_the_rooms_rate_then_the_latest_per_name():
+    hub, loop = new_hub(), asyncio.get_running_loop()
+    _, transport = member(hub, loop, "p")
+    for i in range(PRESENCE_BURST):  # within the burst: every frame, in order, this tick
+        hub.presence("p", f"n{i}", f"join-n{i}".encode())
+    await asyncio.sleep(0)
+    assert texts(transport) == [f"join-n{i}".encode() for i in range(PRESENCE_BURST)]
+    for i in range(50):  # a join/leave loop of one member, then another joins
+        hub.presence("p", "flapper", b"join-flapper" if i % 2 == 0 else b"leave-flapper")
+    hub.presence("p", "other", b"join-other")
+    await asyncio.sleep(1.5 / PRESENCE_RATE)
+    assert texts(transport)[PRESENCE_BURST:] == [b"leave-flapper", b"join-other"]
+

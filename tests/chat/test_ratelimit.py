@@ -1,4 +1,4 @@
-from scalechat.chat.ratelimit import TokenBucket
+from scalechat.chat.ratelimit import AddressLimiter, TokenBucket
 
 
 def test_burst_then_refill():
@@ -19,3 +19,24 @@ def test_sustained_rate_is_honoured():
 def test_refill_is_capped_at_burst():
     bucket = TokenBucket(rate=100, burst=2, now=0.0)
     assert sum(bucket.allow(1000.0) for _ in range(5)) == 2
+
+
+def test_a_bucket_takes_a_cost_such_as_a_messages_bytes():
+    bucket = TokenBucket(rate=1000, burst=3000, now=0.0)
+    assert bucket.allow(0.0, 2000) and not bucket.allow(0.0, 2000)
+    assert bucket.allow(1.0, 2000)  # 1,000 left + 1,000 refilled
+
+
+def test_addresses_get_their_own_join_buckets():
+    limiter = AddressLimiter(rate=1, burst=2)
+    assert [limiter.allow("a", 0.0) for _ in range(3)] == [True, True, False]
+    assert limiter.allow("b", 0.0)  # another address is not affected
+    assert limiter.allow("a", 1.0)  # one token back after a second
+
+
+def test_the_address_map_forgets_the_longest_unused_first():
+    limiter = AddressLimiter(rate=1, burst=1, max_addresses=2)
+    assert limiter.allow("a", 0.0) and not limiter.allow("a", 0.0)
+    limiter.allow("b", 0.0)
+    limiter.allow("c", 0.0)  # a third address: "a", unused the longest, is forgotten
+    assert limiter.allow("a", 0.0)  # starts full again

@@ -295,7 +295,7 @@ async def test_compression_when_enabled_still_delivers_in_order(start_server, se
 
 async def test_slow_consumer_is_cut_off_without_delaying_the_others(start_server, session):
     server = start_server("--send-buffer-bytes", "65536", "--rate-limit", "1000", "--rate-burst", "1000",
-                          "--max-text-chars", "60000")
+                          "--rate-limit-bytes", "1e9", "--max-text-chars", "60000")
     fast, _ = await join(session, server, "slow", "name=fast")
     sender, _ = await join(session, server, "slow", "name=sender")
     text = "x" * 30000
