@@ -201,7 +201,20 @@ def test_the_final_stage_installs_wheels_built_by_the_builder_without_keeping_th
     installs = [r for r in final.all("RUN") if "pip install" in r.args]
     assert installs and all("--no-index" in r.args for r in installs), "no downloads in the final stage"
     assert all("from=builder" in (r.flag("mount") or "") for r in installs), "wheels bind-mounted, not copied"
-    assert not [c for c in final.all("COPY") if c.flag("from") == "builder" and "wheels" in c.args]
+    copied = [source for c in final.all("COPY") if c.flag("from") == "builder" for source in c.args.split()[:-1]]
+    assert copied and all(source.endswith(".sha256") for source in copied), "only the wheels' checksums"
+
+
+def test_every_install_from_the_builder_follows_a_copy_of_its_checksums(final):
+    """buildah 1.28 reuses a RUN --mount=from=builder layer after the builder's output changed
+    (seen: an image with the old code). A COPY's cache key is its content: new wheels, new install."""
+    previous = None
+    for inst in final.instructions:
+        if inst.keyword == "RUN" and "from=builder" in (inst.flag("mount") or ""):
+            source = re.search(r"source=([^,]+)", inst.flag("mount")).group(1)
+            assert previous is not None and previous.keyword == "COPY" and previous.flag("from") == "builder" \
+                and previous.args.split()[0] == f"{source}.sha256", f"line {inst.line}: no checksum COPY before it"
+        previous = inst
 
 
 def test_dependencies_are_built_and_installed_before_the_source_is_copied(builder, final):
