@@ -53,6 +53,10 @@ class Metrics:
                                 "Client frames refused, by reason.", ["reason"], registry=registry)
         for code in (*ErrorCode, "too_big", "binary", "invalid_utf8"):
             self.rejected.labels(reason=str(code))
+        self.throttled = Counter(
+            "scalechat_reads_throttled_total",
+            "Times a connection's reading was delayed because it sent more bytes per second "
+            "than rate_limit_bytes.", registry=registry)
         self.close_aborts = Counter(
             "scalechat_close_aborts_total",
             "Sockets aborted because the peer did not take its close frame within the close "

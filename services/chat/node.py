@@ -157,13 +157,20 @@ class Node:
     async def handle_text(self, conn: Connection, text: str) -> CloseCode | None:
         """Handle one client text frame; return a close code if the socket must close."""
         received_at = time.perf_counter()
-        bytes_ = conn.byte_bucket
-        if not conn.bucket.allow(received_at) or (bytes_ is not None and not bytes_.allow(
-                received_at, len(text) if text.isascii() else len(text.encode()))):
+        if conn.byte_bucket is not None:
+            # Over its bytes per second a client is not dropped but read later: while this
+            # waits, aiohttp stops reading the socket once 64 KiB are buffered, and TCP
+            # pushes back on the sender at no cost to the server.
+            size = len(text) if text.isascii() else len(text.encode())
+            wait = conn.byte_bucket.reserve(received_at, size)
+            if wait:
+                self.metrics.throttled.inc()
+                await asyncio.sleep(wait)
+                received_at = time.perf_counter()
+        if not conn.bucket.allow(received_at):
             self._reject(conn, ErrorCode.RATE_LIMITED, "rate limit exceeded: message dropped",
                          extract_cid(text))
-            drops = max(conn.bucket.consecutive_drops, bytes_.consecutive_drops if bytes_ else 0)
-            if drops >= self.settings.rate_burst:
+            if conn.bucket.consecutive_drops >= self.settings.rate_burst:
                 return CloseCode.POLICY_VIOLATION
             return None
         try:

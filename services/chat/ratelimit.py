@@ -32,6 +32,16 @@ class TokenBucket:
         self.consecutive_drops += 1
         return False
 
+    def reserve(self, now: float, cost: float) -> float:
+        """Take ``cost`` tokens, going into debt if need be; return the seconds until the
+        debt is repaid (0 when there were enough). For a caller that waits instead of dropping."""
+        elapsed = now - self._stamp
+        if elapsed > 0:
+            self._tokens = min(self.burst, self._tokens + elapsed * self.rate)
+            self._stamp = now
+        self._tokens -= cost
+        return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
+
 
 class AddressLimiter:
     """One token bucket per client address, for events such as joins; sans I/O.

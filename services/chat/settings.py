@@ -85,9 +85,10 @@ class Settings:
             "error 'rate_limited'; a burst of drops this long closes the socket with 1008.",
         minimum=1)
     rate_limit_bytes: float = _setting(
-        65536.0, "Bytes per second of message frames a connection may send (a token bucket holding "
-                 "4 s of it, and at least one largest frame); over it messages are dropped with "
-                 "'rate_limited' like over rate_limit.", minimum=1)
+        65536.0, "Bytes per second of message frames a connection may send (a token bucket "
+                 "holding 4 s of it, and at least one largest frame); over it the server reads "
+                 "the connection later instead of dropping, so TCP slows the sender down.",
+        minimum=1)
     joins_per_address: float = _setting(
         0.0, "WebSocket upgrades per second from one client address (a token bucket holding 10 s "
              "of it); more get HTTP 429. 0: no limit. Behind a proxy or a load generator every "

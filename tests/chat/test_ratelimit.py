@@ -1,3 +1,5 @@
+import pytest
+
 from scalechat.chat.ratelimit import AddressLimiter, TokenBucket
 
 
@@ -40,3 +42,10 @@ def test_the_address_map_forgets_the_longest_unused_first():
     limiter.allow("b", 0.0)
     limiter.allow("c", 0.0)  # a third address: "a", unused the longest, is forgotten
     assert limiter.allow("a", 0.0)  # starts full again
+
+
+def test_reserve_goes_into_debt_and_says_how_long_to_wait():
+    bucket = TokenBucket(rate=1000, burst=2000, now=0.0)
+    assert bucket.reserve(0.0, 1500) == 0.0
+    assert bucket.reserve(0.0, 1500) == pytest.approx(1.0)  # 1,000 tokens short at 1,000/s
+    assert bucket.reserve(1.0, 0) == 0.0  # repaid after a second
