@@ -5,7 +5,7 @@ verdicts out. A run whose stages step exactly one of clients per room, rooms
 or the per-client rate (the seed's 10, 20, ... 110 clients) is drawn against
 that number; any other run against its stage names, in order.
 
-Verdicts are :func:`scalechat.slo.judge` against the run's ``spec.slo``, the
+Verdicts are :func:`scalechat.loadtest.slo.judge` against the run's ``spec.slo``, the
 same call ``scalechat load`` makes, so the report and the console agree.
 Event logs know no expected count: their runs get no verdict.
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from scalechat.analysis.load import Run
-from scalechat.slo import GENERATOR_BEHIND_SECONDS, Verdict, describe, judge
+from scalechat.loadtest.slo import GENERATOR_BEHIND_SECONDS, Verdict, describe, judge
 
 # spec key of a stage -> how the axis is labelled
 DIMENSIONS = (("clientsPerRoom", "clients per room"), ("rooms", "rooms"), ("rate", "messages/s per client"))

@@ -26,7 +26,7 @@ from matplotlib.ticker import FuncFormatter
 from scalechat.analysis.experiment import Axis, generator_behind
 from scalechat.analysis.load import Run, Stage
 from scalechat.analysis.prometheus import ServerSide
-from scalechat.slo import LATENCY_KEYS, RATIO_KEY, Verdict, format_value
+from scalechat.loadtest.slo import LATENCY_KEYS, RATIO_KEY, Verdict, format_value
 
 DPI = 100
 SIZE = (10.0, 5.5)  # inches: 1000 x 550 pixels

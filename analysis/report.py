@@ -21,7 +21,7 @@ from scalechat.analysis.experiment import slo_text
 from scalechat.analysis.load import Run
 from scalechat.analysis.prometheus import ServerSide
 from scalechat.analysis.summary import COLUMNS, REPLICA_COLUMNS, SERVER_COLUMNS
-from scalechat.slo import GENERATOR_BEHIND_SECONDS
+from scalechat.loadtest.slo import GENERATOR_BEHIND_SECONDS
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; padding: 0 1em; }

@@ -18,7 +18,7 @@ import numpy as np
 from scalechat.analysis.experiment import generator_behind, verdicts
 from scalechat.analysis.load import Run, Stage
 from scalechat.histogram import LogHistogram
-from scalechat.slo import Verdict
+from scalechat.loadtest.slo import Verdict
 
 PERCENTILES = (10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.9)
 LATENCIES = ("delivery", "echo")  # delivery is the main one: every receipt

@@ -26,7 +26,9 @@ from typing import Any
 import kopf
 import yaml
 
-from scalechat.loadgen.config import API_VERSION, KIND, ConfigError, LoadTest, Slo, parse_spec
+from scalechat.loadtest.schema import API_VERSION, KIND, ConfigError
+from scalechat.loadtest.slo import Slo
+from scalechat.loadtest.spec import LoadTest, parse_spec
 
 JOB_NAME_MAX = 52
 """Indexed Job pods are named ``<job>-<index>-<5 random>`` and that must fit a 63-character
@@ -103,7 +105,7 @@ def results_key(uid: str) -> str:
 
 
 def validated(spec: Mapping[str, Any]) -> LoadTest:
-    """The load generator's own validation of ``spec`` (operator-only fields left out)."""
+    """``spec`` validated as ``scalechat load`` validates it (operator-only fields left out)."""
     try:
         return parse_spec({k: v for k, v in spec.items() if k not in OPERATOR_FIELDS}, "spec")
     except ConfigError as exc:

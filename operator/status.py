@@ -8,7 +8,7 @@ then ``Succeeded`` (every shard's results merged exactly) or ``Failed``
 
 Latencies are delivery latencies (scheduled send to receipt) in seconds,
 percentiles of the exactly merged histogram. A stage meets the SLO as
-``scalechat load`` judges it (:func:`scalechat.loadgen.capacity.check_slo`).
+``scalechat load`` judges it (:func:`scalechat.loadtest.slo.check_slo`).
 """
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from scalechat.loadgen.capacity import check_slo
-from scalechat.loadgen.config import Slo
+from scalechat.loadtest.slo import Slo, check_slo
 from scalechat.operator import jobs
 from scalechat.results import StageResult
 from scalechat.results_store import Progress, Snapshot

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from scalechat.loadgen.config import RoomDistribution, SizeSpec, Stage
 from scalechat.loadgen.plan import plan_stage
 from scalechat.loadgen.worker import NEVER, StageRun
+from scalechat.loadtest.spec import RoomDistribution, SizeSpec, Stage
 
 
 class _NoEvents:

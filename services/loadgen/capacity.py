@@ -7,7 +7,7 @@ passing the finished stage's merged result; ``None`` ends the run.
 ``rate`` by ``step`` per stage, starting from the base stage, until a stage
 breaks the SLO or ``max_steps`` stages have run. A stage *holds* when it had
 deliveries, no connection errors and meets every threshold of the SLO
-(:mod:`scalechat.slo`). The reported capacity is
+(:func:`scalechat.loadtest.slo.check_slo`). The reported capacity is
 the value of the last stage that held (``None`` if the first one failed); when
 no stage failed it is a lower bound (``"bounded": false``).
 """
@@ -18,9 +18,9 @@ import dataclasses
 import math
 from typing import Any, Protocol
 
-from scalechat.loadgen.config import Slo, Stage
+from scalechat.loadtest.slo import Slo, check_slo
+from scalechat.loadtest.spec import Stage
 from scalechat.results import StageResult
-from scalechat.slo import Check, judge
 
 
 class StageSource(Protocol):
@@ -47,34 +47,6 @@ class FixedStages:
 
     def total(self) -> int:
         return len(self._stages)
-
-
-def check_slo(result: StageResult, slo: Slo) -> tuple[bool, str]:
-    """(holds, reason) for one stage's merged result: every threshold of ``slo``
-    (:func:`scalechat.slo.judge`), latency samples, no connection error.
-
-    The reason keeps the wording the operator's status messages have always had
-    for p99 and the delivery ratio (``p99 0.977s > 0.1s``, ``delivery ratio
-    0.9000 < 0.99``).
-    """
-    verdict = judge(result, slo.thresholds(), result.send_lag_max)
-    if not verdict.samples:
-        return False, "no deliveries measured"
-    if verdict.connect_errors:
-        return False, f"{verdict.connect_errors} connection error(s)"
-    reasons = [_reason(c) for c in verdict.checks if not c.passed]
-    if reasons:
-        return False, "; ".join(reasons)
-    return True, f"p99 {result.delivery.percentile(99):.3f}s, delivery ratio {result.delivery_ratio:.4f}"
-
-
-def _reason(check: Check) -> str:
-    t, value = check.threshold, check.value
-    if t.key == "p99Seconds" and value is not None:
-        return f"p99 {value:.3f}s > {t.limit:g}s"
-    if t.key == "deliveryRatio" and value is not None:
-        return f"delivery ratio {value:.4f} < {t.limit:g}"
-    return check.describe()
 
 
 class CapacitySearch:

@@ -1,7 +1,7 @@
 """``scalechat load``: flags or a LoadTest manifest in, a results directory and a verdict out.
 
 ``add_arguments(parser)`` declares the flags; ``run(args)`` validates them
-(through the same schema as manifests: :mod:`scalechat.loadgen.config`),
+(through the same schema as manifests: :mod:`scalechat.loadtest.schema`),
 runs the shard, prints a summary with each stage's SLO verdict
 (:mod:`scalechat.loadgen.summary`) and writes it to ``summary.json`` (and to
 ``--summary-json``). Every flag defaults to ``None`` here so that a
@@ -32,11 +32,12 @@ from urllib.parse import urlsplit
 import yaml
 
 from scalechat.loadgen.capacity import CapacitySearch, FixedStages
-from scalechat.loadgen.config import (API_VERSION, KIND, ConfigError, LoadTest, field_schema, load_manifest,
-                                      parse_spec, read_manifest, validate)
+from scalechat.loadgen.config import load_manifest, read_manifest
 from scalechat.loadgen.plan import RUN_ID_PATTERN, assign_workers, plan_stage
 from scalechat.loadgen.summary import EXIT_SLO_FAILED, EXIT_SLO_UNSURE
-from scalechat.slo import EXPRESSION_HELP, parse_expression
+from scalechat.loadtest.schema import API_VERSION, KIND, ConfigError, field_schema, validate
+from scalechat.loadtest.slo import EXPRESSION_HELP, parse_expression
+from scalechat.loadtest.spec import LoadTest, parse_spec
 
 EXAMPLE = ("scalechat load --url 'ws://127.0.0.1:8080/ws/{room}' --clients-per-room 10,50,110 "
            "--rate 1 --duration 10")

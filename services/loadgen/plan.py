@@ -30,7 +30,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from scalechat.loadgen.config import SizeSpec, Stage
+from scalechat.loadtest.spec import SizeSpec, Stage
 
 RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,23}")
 

@@ -35,10 +35,10 @@ from urllib.parse import urlsplit
 
 from scalechat.hostinfo import host_facts
 from scalechat.loadgen.capacity import StageSource
-from scalechat.loadgen.config import LoadTest
 from scalechat.loadgen.plan import StagePlan, assign_workers, plan_stage
 from scalechat.loadgen.progress import Progress
 from scalechat.loadgen.worker import worker_main
+from scalechat.loadtest.spec import LoadTest
 from scalechat.results import FORMAT, StageResult, write_json_atomic, write_shard
 
 START_DELAY = 0.2  # seconds from "go" to t0: every worker gets the message first

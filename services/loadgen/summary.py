@@ -4,7 +4,7 @@ Pure: :func:`build` turns the merged stage results into one JSON-safe dict
 (what ``--summary-json`` writes and ``summary.json`` holds); :func:`render`
 turns that dict into the console text. Nothing here prints or writes files.
 
-Verdicts come from :func:`scalechat.slo.judge`, the same function
+Verdicts come from :func:`scalechat.loadtest.slo.judge`, the same function
 ``scalechat analyze`` uses. :func:`exit_code` maps them to the exit status:
 :data:`EXIT_SLO_FAILED` when a stage the generator kept up with missed the
 SLO, :data:`EXIT_SLO_UNSURE` when only stages where the generator fell
@@ -18,9 +18,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from scalechat.loadgen.config import Stage
+from scalechat.loadtest.slo import GENERATOR_BEHIND_SECONDS, Threshold, describe, judge
+from scalechat.loadtest.spec import Stage
 from scalechat.results import StageResult
-from scalechat.slo import GENERATOR_BEHIND_SECONDS, Threshold, describe, judge
 
 FORMAT = 1
 EXIT_SLO_FAILED = 3
@@ -62,7 +62,7 @@ def build(results: Sequence[StageResult], planned: Sequence[Stage], slo: dict[st
           run_id: str, name: str, url: str, out_dir: str, shard: tuple[int, int], interrupted: bool,
           notes: Sequence[str] = (), capacity: dict[str, Any] | None = None) -> dict[str, Any]:
     """The summary of a run (this shard's stages, merged over its workers)."""
-    from scalechat.slo import thresholds
+    from scalechat.loadtest.slo import thresholds
 
     rules = thresholds(slo)
     stages = [stage_summary(r, planned[r.index] if r.index < len(planned) else None, rules) for r in results]

@@ -61,9 +61,9 @@ import uvloop
 
 from scalechat.eventlog import EventLogError, EventLogWriter
 from scalechat.loadgen.accounting import Client, ReceiptTally, Room, Tally
-from scalechat.loadgen.config import Stage
 from scalechat.loadgen.plan import RoomPlan, Timetable, max_size, size_sampler
 from scalechat.loadgen.wsclient import HandshakeError, WSClientError, connect
+from scalechat.loadtest.spec import Stage
 from scalechat.results import StageResult, Timeline
 
 try:

@@ -1,4 +1,4 @@
-"""The LoadTest CRD: a valid CustomResourceDefinition, generated from the loader's schema,
+"""The LoadTest CRD: a valid CustomResourceDefinition, generated from the LoadTest schema,
 that accepts the example LoadTests and rejects wrong ones with the field named."""
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import jsonschema
 import pytest
 import yaml
 
-from scalechat.loadgen import config
+from scalechat.loadtest.schema import openapi_schema
+from scalechat.loadtest.spec import parse_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_FILE = REPO / "charts" / "crds" / "loadtest.yaml"
@@ -35,15 +36,15 @@ def test_the_crd_is_a_valid_custom_resource_definition(validate, crd):
     assert validate(crd) == "kubernetes-validate"
 
 
-def test_the_crd_is_what_the_generator_writes_from_the_loader_schema():
+def test_the_crd_is_what_the_generator_writes_from_the_loadtest_schema():
     assert CRD_FILE.read_text() == _generator().render(), "run: python tools/gen_loadtest_crd.py"
 
 
-def test_the_crd_spec_is_the_loader_schema_plus_the_operators_own_fields(crd):
+def test_the_crd_spec_is_the_loadtest_schema_plus_the_operators_own_fields(crd):
     from scalechat.operator.jobs import OPERATOR_FIELDS
     spec = _version(crd)["schema"]["openAPIV3Schema"]["properties"]["spec"]
     generator = _generator()
-    loader = generator.crd_schema(config.openapi_schema())
+    loader = generator.crd_schema(openapi_schema())
     assert {k: v for k, v in spec["properties"].items() if k in loader["properties"]} == loader["properties"]
     assert set(spec["properties"]) - set(loader["properties"]) == set(OPERATOR_FIELDS)
     assert spec["required"] == ["target", "stages"]
@@ -127,11 +128,11 @@ def test_the_structural_check_catches_what_the_api_server_rejects():
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
-def test_example_loadtests_are_valid_for_the_crd_and_the_loader(loadtest_schema, validate, path):
+def test_example_loadtests_are_valid_for_the_crd_and_the_contract(loadtest_schema, validate, path):
     doc = yaml.safe_load(path.read_text())
     loadtest_schema.validate(doc)
     assert validate(doc) == "validate_loadtest"
-    config.parse_manifest(doc)  # the load generator accepts what the API server accepts
+    parse_manifest(doc)  # the load generator and the operator accept what the API server accepts
 
 
 def _wrong(mutate) -> dict:

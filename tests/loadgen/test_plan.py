@@ -8,11 +8,9 @@ from collections import Counter
 import pytest
 from hypothesis import given, strategies as st
 
-from scalechat.loadgen.capacity import CapacitySearch, check_slo
-from scalechat.loadgen.config import RoomDistribution, SizeSpec, Slo, Stage
 from scalechat.loadgen.plan import (Timetable, apportion, assign_workers, client_counts, plan_stage,
                                     size_sampler, zipf_weights)
-from scalechat.results import StageResult
+from scalechat.loadtest.spec import RoomDistribution, SizeSpec, Stage
 
 
 def stage(rooms=10, clients=10, dist="uniform", exponent=1.0, rate=2.0, **kw) -> Stage:
@@ -97,53 +95,3 @@ def test_size_samplers_stay_in_bounds():
     ln = sorted(lognormal() for _ in range(2000))
     assert min(u) == 10 and max(u) == 20
     assert 5 <= ln[0] and ln[-1] <= 500 and 80 <= ln[1000] <= 125
-
-
-def result(p99: float, received: int, expected: int, connect_errors: int = 0) -> StageResult:
-    r = StageResult(0, "x", expected=expected, received=received, connect_errors=connect_errors)
-    r.delivery.record_many([0.001] * 95 + [p99] * 5)  # p99 is the slow tail
-    return r
-
-
-def test_slo_check():
-    slo = Slo(p99_seconds=0.5, delivery_ratio=0.999)
-    assert check_slo(result(0.01, 1000, 1000), slo)[0]
-    assert check_slo(result(0.9, 1000, 1000), slo)[0] is False
-    assert check_slo(result(0.01, 990, 1000), slo) == (False, "delivery ratio 0.9900 < 0.999")
-    assert check_slo(result(0.01, 1000, 1000), Slo(0.5, 0.999, max_seconds=0.001)) == (False, "max 10ms > 1ms")
-    assert not check_slo(result(0.01, 1000, 1000, connect_errors=1), slo)[0]
-    assert not check_slo(StageResult(0, "x"), slo)[0]
-
-
-def test_capacity_search_stops_at_the_first_failure_and_reports_the_last_hold():
-    search = CapacitySearch(stage(clients=10), "clients", 10, 5, Slo(0.5, 0.999))
-    first = search.next_stage(None)
-    assert (first.name, first.clients_per_room) == ("clients-10", 10)
-    second = search.next_stage(result(0.01, 100, 100))
-    assert second.clients_per_room == 20
-    assert search.next_stage(result(0.01, 50, 100)) is None
-    report = search.report()
-    assert (report["value"], report["stage"], report["bounded"]) == (10, "clients-10", True)
-
-
-def test_capacity_search_without_failure_is_a_lower_bound():
-    search = CapacitySearch(stage(rate=1.0), "rate", 0.5, 2, Slo(0.5, 0.999))
-    assert search.next_stage(None).rate == 1.0
-    assert search.next_stage(result(0.01, 1, 1)).rate == 1.5
-    assert search.next_stage(result(0.01, 1, 1)) is None
-    assert search.report()["value"] == 1.5 and search.report()["bounded"] is False
-
-
-def test_progress_rates_use_each_workers_own_clock():
-    """Snapshots reach the parent at uneven times; the rate must not swing with that."""
-    from scalechat.loadgen.progress import _Rates
-
-    rates = _Rates()
-    for k in range(12):  # two workers at 200 sends/s each, stamped 1 s apart on their own clocks
-        for worker, offset in ((0, 0.0), (1, 0.37)):
-            t = 100.0 + offset + k
-            rates.add(worker, {"t": t, "sent": int(200 * (t - 100)), "received": int(2000 * (t - 100))})
-        sent, received = rates.rates()
-        if k >= 1:
-            assert sent == pytest.approx(400, rel=0.01) and received == pytest.approx(4000, rel=0.01)
-    assert _Rates().rates() == (None, None)

@@ -8,8 +8,8 @@ import re
 import pytest
 import yaml
 
-from scalechat.loadgen.config import parse_manifest
 from scalechat.loadgen.plan import RUN_ID_PATTERN
+from scalechat.loadtest.spec import parse_manifest
 from scalechat.operator import jobs
 
 UID = "8a1c3f0e-2b4d-4c6e-9f80-1a2b3c4d5e6f"

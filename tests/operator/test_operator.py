@@ -18,7 +18,7 @@ import yaml
 from kmock import resource
 
 from scalechat import results_store
-from scalechat.loadgen.config import parse_manifest
+from scalechat.loadtest.spec import parse_manifest
 from scalechat.operator import jobs
 from scalechat.operator.handlers import POLL_SECONDS
 from scalechat.results import StageResult, merge_stage_results

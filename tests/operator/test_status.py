@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
-from scalechat.loadgen.config import Slo
+from scalechat.loadtest.slo import Slo
 from scalechat.operator import jobs, status
 from scalechat.results import StageResult, merge_stage_results
 from scalechat.results_store import Progress, Snapshot

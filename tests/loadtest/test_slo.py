@@ -7,7 +7,7 @@ import re
 import pytest
 
 from scalechat.results import StageResult
-from scalechat.slo import describe, judge, parse_expression, thresholds
+from scalechat.loadtest.slo import Slo, check_slo, describe, judge, parse_expression, thresholds
 
 
 def stage(latencies: list[float], received: int = 100, expected: int = 100, connect_errors: int = 0) -> StageResult:
@@ -64,3 +64,19 @@ def test_generator_lag_beyond_100ms_is_flagged_not_judged():
 def test_thresholds_refuse_unknown_keys():
     with pytest.raises(ValueError, match="unknown SLO key 'p95Seconds'"):
         thresholds({"p95Seconds": 1})
+
+
+def result(p99: float, received: int, expected: int, connect_errors: int = 0) -> StageResult:
+    r = StageResult(0, "x", expected=expected, received=received, connect_errors=connect_errors)
+    r.delivery.record_many([0.001] * 95 + [p99] * 5)  # p99 is the slow tail
+    return r
+
+
+def test_check_slo_gives_one_verdict_and_one_line_of_reason():
+    slo = Slo(p99_seconds=0.5, delivery_ratio=0.999)
+    assert check_slo(result(0.01, 1000, 1000), slo)[0]
+    assert check_slo(result(0.9, 1000, 1000), slo)[0] is False
+    assert check_slo(result(0.01, 990, 1000), slo) == (False, "delivery ratio 0.9900 < 0.999")
+    assert check_slo(result(0.01, 1000, 1000), Slo(0.5, 0.999, max_seconds=0.001)) == (False, "max 10ms > 1ms")
+    assert not check_slo(result(0.01, 1000, 1000, connect_errors=1), slo)[0]
+    assert not check_slo(StageResult(0, "x"), slo)[0]

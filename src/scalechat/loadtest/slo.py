@@ -1,21 +1,24 @@
-"""Service-level objectives: thresholds checked per stage, like k6's thresholds.
+"""Service-level objectives: what a stage must achieve, and the verdict on one that ran.
 
-Shared by the load generator (the verdict it prints and its exit status) and
-``scalechat analyze`` (the ✓/✗ in the report), so both judge a stage alike.
+Checked per stage, like k6's thresholds, by the load generator (the verdict it
+prints, its exit status and a capacity search's stop), ``scalechat analyze``
+(the check or cross in the report) and the operator (a LoadTest's
+``SloPassed`` condition), so all three judge a stage alike.
 
 An SLO is the manifest's ``spec.slo`` mapping (``{"p99Seconds": 0.05,
-"deliveryRatio": 0.999}``) or the same written for a command line by
-:func:`parse_expression`: ``p99<=50ms,delivery>=99.9%``. Each key is one
-:class:`Threshold`. Latency thresholds bound a percentile (or the maximum)
-of the *delivery* latency, from each message's scheduled send time to every
-receipt; ``deliveryRatio`` bounds received / expected from below.
+"deliveryRatio": 0.999}``), typed as :class:`Slo`, or the same written for a
+command line by :func:`parse_expression`: ``p99<=50ms,delivery>=99.9%``. Each
+key is one :class:`Threshold`. Latency thresholds bound a percentile (or the
+maximum) of the *delivery* latency, from each message's scheduled send time to
+every receipt; ``deliveryRatio`` bounds received / expected from below.
 
 A stage *passes* when every threshold holds, it had latency samples and no
 connection failed (a stage that did not connect every client did not get
 the load it was meant to get). :func:`judge` also says whether the
 generator fell behind its own schedule (:data:`GENERATOR_BEHIND_SECONDS`):
 its delay is then inside the latencies, so a failure there may be the
-generator's, not the server's.
+generator's, not the server's. :func:`check_slo` is the same verdict as one
+pass/fail and one line of reason.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+from scalechat.results import StageResult
 
 # Sends more than this late against their timetable: the generator could not keep up
 # (the load generator's LAG_LIMIT, and its error "generator_overloaded").
@@ -47,7 +52,7 @@ _UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, None: 1.0}
 
 
 class StageLike(Protocol):
-    """What a verdict reads of a stage (the load generator's StageResult, analysis's Stage)."""
+    """What a verdict reads of a stage that ran (a :class:`~scalechat.results.StageResult`, analysis's Stage)."""
 
     delivery: Any  # a LogHistogram of seconds
     connect_errors: int | None
@@ -137,6 +142,34 @@ class Verdict:
                 "failures": self.failures(), "checks": [c.to_dict() for c in self.checks]}
 
 
+@dataclass(frozen=True)
+class Slo:
+    """``spec.slo``; the thresholds other than p99 and delivery are checked only when given."""
+
+    p99_seconds: float = 0.5
+    delivery_ratio: float = 0.999
+    p50_seconds: float | None = None
+    p90_seconds: float | None = None
+    p999_seconds: float | None = None
+    max_seconds: float | None = None
+
+    def to_spec(self) -> dict[str, float]:
+        spec = {"p50Seconds": self.p50_seconds, "p90Seconds": self.p90_seconds, "p99Seconds": self.p99_seconds,
+                "p999Seconds": self.p999_seconds, "maxSeconds": self.max_seconds,
+                "deliveryRatio": self.delivery_ratio}
+        return {k: v for k, v in spec.items() if v is not None}
+
+    def thresholds(self) -> tuple[Threshold, ...]:
+        return thresholds(self.to_spec())
+
+    @classmethod
+    def from_spec(cls, slo: Mapping[str, Any]) -> Slo:
+        def get(key: str) -> float | None:
+            return float(slo[key]) if slo.get(key) is not None else None
+        return cls(float(slo["p99Seconds"]), float(slo["deliveryRatio"]), p50_seconds=get("p50Seconds"),
+                   p90_seconds=get("p90Seconds"), p999_seconds=get("p999Seconds"), max_seconds=get("maxSeconds"))
+
+
 def thresholds(slo: Mapping[str, Any]) -> tuple[Threshold, ...]:
     """The thresholds of a ``spec.slo`` mapping, latencies first (p50 ... max), then delivery."""
     order = [*LATENCY_KEYS, RATIO_KEY]
@@ -156,6 +189,34 @@ def judge(stage: StageLike, slo: Mapping[str, Any] | tuple[Threshold, ...],
         checks.append(Check(rule, value, rule.holds(value)))
     return Verdict(tuple(checks), samples=bool(stage.delivery.count),
                    connect_errors=int(stage.connect_errors or 0), send_lag_max=float(send_lag_max))
+
+
+def check_slo(result: StageResult, slo: Slo) -> tuple[bool, str]:
+    """(holds, reason) for one stage's merged result: every threshold of ``slo``
+    (:func:`judge`), latency samples, no connection error.
+
+    The reason keeps the wording the operator's status messages have always had
+    for p99 and the delivery ratio (``p99 0.977s > 0.1s``, ``delivery ratio
+    0.9000 < 0.99``).
+    """
+    verdict = judge(result, slo.thresholds(), result.send_lag_max)
+    if not verdict.samples:
+        return False, "no deliveries measured"
+    if verdict.connect_errors:
+        return False, f"{verdict.connect_errors} connection error(s)"
+    reasons = [_reason(c) for c in verdict.checks if not c.passed]
+    if reasons:
+        return False, "; ".join(reasons)
+    return True, f"p99 {result.delivery.percentile(99):.3f}s, delivery ratio {result.delivery_ratio:.4f}"
+
+
+def _reason(check: Check) -> str:
+    t, value = check.threshold, check.value
+    if t.key == "p99Seconds" and value is not None:
+        return f"p99 {value:.3f}s > {t.limit:g}s"
+    if t.key == "deliveryRatio" and value is not None:
+        return f"delivery ratio {value:.4f} < {t.limit:g}"
+    return check.describe()
 
 
 def parse_expression(text: str) -> dict[str, float]:
