@@ -60,7 +60,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.
     # Reconnect watches that a proxy or load balancer silently dropped.
     settings.watching.server_timeout, settings.watching.client_timeout = 300, 330
     if "config" not in memo:  # started by `kopf run`, not by `scalechat operator`
-        memo.config = OperatorConfig.from_env()
+        memo.config = OperatorConfig.from_sources()
     memo.api = kube.api_client()
     logger.info("LoadTest operator: results Redis %s, default image %r",
                 memo.config.redis_url, memo.config.image or None)

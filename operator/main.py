@@ -1,8 +1,9 @@
 """``scalechat operator``: run the LoadTest operator (kopf, standalone) until SIGTERM.
 
-``add_arguments(parser)`` declares the flags (their defaults come from the
-environment, see :mod:`scalechat.operator.settings`); ``run(args)`` checks
-them, then runs kopf with the handlers of :mod:`scalechat.operator.handlers`.
+``add_arguments(parser)`` declares the flags: which namespaces to watch, kopf's
+own, and one per setting of :class:`~scalechat.operator.settings.OperatorConfig`
+(each also read from its environment variable); ``run(args)`` checks them,
+then runs kopf with the handlers of :mod:`scalechat.operator.handlers`.
 Exit codes: 0 stopped by a signal, 2 bad settings, 1 could not reach the API.
 kopf and the Kubernetes client are imported by ``run`` only, so that other
 ``scalechat`` commands do not pay for them.
@@ -15,7 +16,7 @@ import sys
 import threading
 from typing import Any
 
-from scalechat.operator.settings import PULL_POLICIES, OperatorConfig, env_default, help_text
+from scalechat.operator.settings import OperatorConfig
 
 EXAMPLES = """\
 examples:
@@ -35,12 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "'team-*' need namespace list/watch RBAC)")
     scope.add_argument("-A", "--all-namespaces", action="store_true",
                        help="watch LoadTests in every namespace (needs a ClusterRole)")
-    parser.add_argument("--redis-url", default=env_default("redis_url"), help=help_text("redis_url"))
-    parser.add_argument("--image", default=env_default("image"), help=help_text("image"))
-    parser.add_argument("--image-pull-policy", default=env_default("image_pull_policy"),
-                        choices=PULL_POLICIES, help=help_text("image_pull_policy"))
-    parser.add_argument("--results-grace", dest="results_grace_seconds", metavar="SECONDS", type=float,
-                        default=env_default("results_grace_seconds"), help=help_text("results_grace_seconds"))
+    OperatorConfig.add_arguments(parser)
     parser.add_argument("--liveness", metavar="URL",
                         help="serve kopf's liveness probe, e.g. http://0.0.0.0:8080/healthz [default off]")
     parser.add_argument("--standalone", action="store_true",
@@ -49,15 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="store_true", help="log kopf's and the handlers' details")
 
 
-def config_from_args(args: argparse.Namespace) -> OperatorConfig:
-    return OperatorConfig(redis_url=args.redis_url, image=args.image, image_pull_policy=args.image_pull_policy,
-                          results_grace_seconds=args.results_grace_seconds)
-
-
 def run(args: argparse.Namespace, *, stop_flag: threading.Event | None = None) -> int:
     """Run until a signal (or ``stop_flag``, for tests); the exit code."""
     try:
-        config = config_from_args(args)
+        config = OperatorConfig.from_sources(args)
         if not args.namespaces and not args.all_namespaces:
             raise ValueError("--namespace NS or --all-namespaces: one is required")
     except ValueError as exc:

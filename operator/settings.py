@@ -1,74 +1,40 @@
-"""The operator's own settings: one typed object, each field's flag, env name, default and help.
+"""The operator's own settings, declared once (:mod:`scalechat.settings`): flag, env name, default, help.
 
-``scalechat operator`` builds :class:`OperatorConfig` from flags (whose defaults
-come from the environment) and hands it to the handlers through kopf's
+``scalechat operator`` builds :class:`OperatorConfig` from its flags and the
+environment (a flag wins) and hands it to the handlers through kopf's
 ``memo``; ``kopf run -m scalechat.operator.handlers`` gets it from the
-environment alone (:meth:`OperatorConfig.from_env`).
+environment alone. The chart sets the ``SCALECHAT_OPERATOR_*`` variables.
+An invalid value raises :class:`~scalechat.settings.SettingsError` naming the setting.
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass
+
+from scalechat.settings import DeclaredSettings, setting
 
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
-
-
-def _setting(env: str, default: Any, help: str) -> Any:
-    return field(default=default, metadata={"env": env, "help": help})
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 @dataclass(frozen=True)
-class OperatorConfig:
-    redis_url: str = _setting(
-        "SCALECHAT_OPERATOR_REDIS_URL", "",
-        "Redis where the load generator pods store shard results and progress (passed to them as "
-        "--results-redis) and where the operator reads them; required")
-    image: str = _setting(
-        "SCALECHAT_OPERATOR_IMAGE", "",
-        "image of the load generator Jobs (ENTRYPOINT scalechat); a LoadTest's spec.image overrides it")
-    image_pull_policy: str = _setting(
-        "SCALECHAT_OPERATOR_IMAGE_PULL_POLICY", "IfNotPresent",
-        "imagePullPolicy of the load generator pods: Always, IfNotPresent or Never")
-    results_grace_seconds: float = _setting(
-        "SCALECHAT_OPERATOR_RESULTS_GRACE_SECONDS", 120.0,
-        "how long after its Job completed a LoadTest waits for every shard's results before it fails")
+class OperatorConfig(DeclaredSettings):
+    ENV_PREFIX = "SCALECHAT_OPERATOR_"
 
-    def __post_init__(self) -> None:
-        if not self.redis_url:
-            raise ValueError("redis_url (--redis-url / SCALECHAT_OPERATOR_REDIS_URL): is required")
-        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"redis_url: must be a redis://, rediss:// or unix:// URL, got {self.redis_url!r}")
-        if self.image_pull_policy not in PULL_POLICIES:
-            raise ValueError(f"image_pull_policy: must be one of {', '.join(PULL_POLICIES)}, "
-                             f"got {self.image_pull_policy!r}")
+    redis_url: str = setting(
+        "", "Redis where the load generator pods store shard results and progress (passed to them as "
+            "--results-redis) and where the operator reads them.", required=True, metavar="URL")
+    image: str = setting(
+        "", "Image of the load generator Jobs (ENTRYPOINT scalechat); a LoadTest's spec.image overrides it.",
+        metavar="IMAGE")
+    image_pull_policy: str = setting(
+        "IfNotPresent", "imagePullPolicy of the load generator pods.", choices=PULL_POLICIES)
+    results_grace_seconds: float = setting(
+        120.0, "How long after its Job completed a LoadTest waits for every shard's results before it fails.",
+        flag="results-grace", metavar="SECONDS")
+
+    def check(self) -> None:
+        if not self.redis_url.startswith(REDIS_SCHEMES):
+            raise self.ERROR("redis_url", f"must be a redis://, rediss:// or unix:// URL, got {self.redis_url!r}")
         if not self.results_grace_seconds > 0:
-            raise ValueError(f"results_grace_seconds: must be > 0, got {self.results_grace_seconds!r}")
-
-    @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> "OperatorConfig":
-        """Every field from its environment variable, or its default; ValueError names the field."""
-        environ = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            raw = environ.get(f.metadata["env"])
-            if raw is not None:
-                try:
-                    values[f.name] = type(f.default)(raw)
-                except ValueError:
-                    raise ValueError(f"{f.metadata['env']}: must be a {type(f.default).__name__}, "
-                                     f"got {raw!r}") from None
-        return cls(**values)
-
-
-def env_default(name: str) -> Any:
-    """The default of field ``name``: its environment variable if set, else the declared default."""
-    f = {f.name: f for f in fields(OperatorConfig)}[name]
-    raw = os.environ.get(f.metadata["env"])
-    return f.default if raw is None else type(f.default)(raw)
-
-
-def help_text(name: str) -> str:
-    f = {f.name: f for f in fields(OperatorConfig)}[name]
-    return f"{f.metadata['help']} [env {f.metadata['env']}, default {f.default!r}]"
+            raise self.ERROR("results_grace_seconds", f"must be > 0, got {self.results_grace_seconds!r}")

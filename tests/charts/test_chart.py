@@ -568,8 +568,10 @@ def test_the_operator_environment_is_accepted_by_its_settings(render):
             else:
                 ref = var["valueFrom"]["secretKeyRef"]
                 env[var["name"]] = secrets.get(ref["name"], {}).get(ref["key"], "redis://existing-secret:6379/0")
-        config = OperatorConfig.from_env(env)
+        config = OperatorConfig.from_sources(environ=env)
         assert config.image == "scalechat:0.1.0" and config.redis_url.startswith("redis://")
+        known = {OperatorConfig.env_var(f.name) for f in OperatorConfig.declared()}
+        assert set(env) <= known, f"variables the operator does not read: {set(env) - known}"
     in_chart = render(values=values_file("multi-replica"))
     assert in_chart.one("Secret", "scalechat-operator")["stringData"] == {
         "SCALECHAT_OPERATOR_REDIS_URL": "redis://scalechat-redis-0.scalechat-redis.scalechat.svc:6379/1"}

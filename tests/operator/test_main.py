@@ -11,6 +11,7 @@ import pytest
 
 from scalechat.operator import main
 from scalechat.operator.settings import OperatorConfig
+from scalechat.settings import SettingsError
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -25,22 +26,39 @@ def clean_env(monkeypatch):
         monkeypatch.delenv(f"SCALECHAT_OPERATOR_{name}", raising=False)
 
 
-def test_flags_default_to_the_environment(monkeypatch):
+def test_settings_come_from_flags_then_the_environment(monkeypatch):
     monkeypatch.setenv("SCALECHAT_OPERATOR_REDIS_URL", "redis://r:6379/1")
     monkeypatch.setenv("SCALECHAT_OPERATOR_RESULTS_GRACE_SECONDS", "30")
+    monkeypatch.setenv("SCALECHAT_OPERATOR_IMAGE", "img:env")
     args = parse("--namespace", "a", "-n", "b", "--image", "img:1")
     assert args.namespaces == ["a", "b"]
-    assert main.config_from_args(args) == OperatorConfig(redis_url="redis://r:6379/1", image="img:1",
-                                                         results_grace_seconds=30.0)
+    assert OperatorConfig.from_sources(args) == OperatorConfig(redis_url="redis://r:6379/1", image="img:1",
+                                                               results_grace_seconds=30.0)
+    assert OperatorConfig.from_sources(parse("--results-grace", "5")).results_grace_seconds == 5.0
 
 
-def test_from_env_names_the_variable_of_a_bad_value():
-    with pytest.raises(ValueError, match="SCALECHAT_OPERATOR_RESULTS_GRACE_SECONDS: must be a float, got 'soon'"):
-        OperatorConfig.from_env({"SCALECHAT_OPERATOR_REDIS_URL": "redis://r",
-                                 "SCALECHAT_OPERATOR_RESULTS_GRACE_SECONDS": "soon"})
-    with pytest.raises(ValueError, match="image_pull_policy: must be one of Always, IfNotPresent, Never"):
-        OperatorConfig.from_env({"SCALECHAT_OPERATOR_REDIS_URL": "redis://r",
-                                 "SCALECHAT_OPERATOR_IMAGE_PULL_POLICY": "Sometimes"})
+def test_a_bad_value_names_the_setting_and_where_it_came_from():
+    with pytest.raises(SettingsError, match="invalid setting results_grace_seconds: "
+                                            "SCALECHAT_OPERATOR_RESULTS_GRACE_SECONDS: expected float, got 'soon'"):
+        OperatorConfig.from_sources(environ={"SCALECHAT_OPERATOR_REDIS_URL": "redis://r",
+                                             "SCALECHAT_OPERATOR_RESULTS_GRACE_SECONDS": "soon"})
+    with pytest.raises(SettingsError, match="invalid setting results_grace_seconds: --results-grace: expected float"):
+        OperatorConfig.from_sources(parse("--redis-url", "redis://r", "--results-grace", "soon"), environ={})
+    with pytest.raises(SettingsError, match="image_pull_policy: must be one of Always, IfNotPresent, Never"):
+        OperatorConfig.from_sources(environ={"SCALECHAT_OPERATOR_REDIS_URL": "redis://r",
+                                             "SCALECHAT_OPERATOR_IMAGE_PULL_POLICY": "Sometimes"})
+
+
+def test_every_setting_has_a_flag_an_environment_variable_and_help(capsys):
+    with pytest.raises(SystemExit):
+        parse("--help")
+    help_text = " ".join(capsys.readouterr().out.split())
+    for flag, env in (("--redis-url URL", "SCALECHAT_OPERATOR_REDIS_URL; required"),
+                      ("--image IMAGE", "SCALECHAT_OPERATOR_IMAGE; default: (empty)"),
+                      ("--image-pull-policy {Always,IfNotPresent,Never}",
+                       "SCALECHAT_OPERATOR_IMAGE_PULL_POLICY; default: IfNotPresent"),
+                      ("--results-grace SECONDS", "SCALECHAT_OPERATOR_RESULTS_GRACE_SECONDS; default: 120.0")):
+        assert flag in help_text and f"[env {env}]" in help_text
 
 
 def test_namespace_and_all_namespaces_exclude_each_other(capsys):
@@ -50,9 +68,10 @@ def test_namespace_and_all_namespaces_exclude_each_other(capsys):
 
 
 @pytest.mark.parametrize(("argv", "error"), [
-    (["--all-namespaces"], "redis_url (--redis-url / SCALECHAT_OPERATOR_REDIS_URL): is required"),
+    (["--all-namespaces"], "invalid setting redis_url: is required (--redis-url or SCALECHAT_OPERATOR_REDIS_URL)"),
     (["--redis-url", "redis://r:6379/0"], "--namespace NS or --all-namespaces: one is required"),
-    (["-A", "--redis-url", "http://r"], "redis_url: must be a redis://, rediss:// or unix:// URL"),
+    (["-A", "--redis-url", "http://r"], "invalid setting redis_url: must be a redis://, rediss:// or unix:// URL"),
+    (["-A", "--redis-url", "redis://r", "--results-grace", "0"], "invalid setting results_grace_seconds: must be > 0"),
 ])
 def test_bad_settings_exit_2_with_one_line_naming_them(argv, error, capsys):
     assert main.run(parse(*argv)) == 2
