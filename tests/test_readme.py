@@ -1,9 +1,11 @@
-"""The README stays true: its settings table and its commands."""
+"""The README stays true: its settings tables and its commands."""
 
 import re
 from pathlib import Path
 
 from scalechat.chat.settings import settings_table
+from scalechat.operator.settings import README_MARKER, OperatorConfig
+from scalechat.settings import marked_block
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -14,6 +16,13 @@ def test_settings_table_matches_the_settings_object():
     assert match, "README lost its settings table markers"
     assert match.group(1).strip() == settings_table().strip(), (
         "README settings table is stale: run `python -m scalechat.chat.settings --readme`")
+
+
+def test_operator_settings_table_matches_its_settings():
+    table = marked_block(README.read_text(), README_MARKER)
+    assert table is not None, "README lost its operator settings table markers"
+    assert table.strip() == OperatorConfig.table().strip(), (
+        "README operator settings table is stale: run `python -m scalechat.operator.settings --readme`")
 
 
 def test_quick_start_names_the_two_commands():

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from scalechat.settings import DeclaredSettings, SettingsError, setting
+from scalechat.settings import DeclaredSettings, SettingsError, marked_block, setting, update_readme
 
 
 class ToyError(ValueError):
@@ -101,3 +101,14 @@ def test_the_table_has_one_row_per_setting_with_secrets_hidden():
     assert "| `--grace` | `TOY_GRACE_SECONDS` | `1.5` | Grace. |" in rows
     assert len(rows) == 2 + len(Toy.declared())
     assert Needy.table().splitlines()[2] == "| `--url` | `NEEDY_URL` | `(required)` | Where to go. |"
+
+
+def test_a_readme_table_is_replaced_between_its_markers_only(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- toy-table: generated -->\nstale\n<!-- end toy-table -->\n"
+                      "<!-- other-table -->\nkept\n<!-- end other-table -->\n")
+    update_readme(readme, "toy-table", Toy.table())
+    text = readme.read_text()
+    assert marked_block(text, "toy-table").strip() == Toy.table()
+    assert marked_block(text, "other-table") == "kept\n" and text.startswith("intro\n")
+    assert marked_block(text, "missing-table") is None

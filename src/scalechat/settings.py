@@ -13,8 +13,9 @@ From the declarations alone come the command line (:meth:`~DeclaredSettings.add_
 ``--port INT``, its help ending in ``[env SCALECHAT_PORT; default: 8080]``),
 the values (:meth:`~DeclaredSettings.from_sources`; precedence flag >
 environment > default), the checks of minimums, choices and required settings,
-and the Markdown table a README shows (:meth:`~DeclaredSettings.table`). A
-chart's ``env:`` block uses the names :meth:`~DeclaredSettings.env_var` gives.
+and the Markdown table a README shows (:meth:`~DeclaredSettings.table`, kept
+in place by :func:`marked_block` and :func:`update_readme`). A chart's ``env:``
+block uses the names :meth:`~DeclaredSettings.env_var` gives.
 
 Strings (every environment value, and flags) are converted by the type of the
 default: ``int``, ``float``, ``str``, ``bool`` (``1 true yes on`` or ``0
@@ -29,7 +30,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 TRUE = ("1", "true", "yes", "on")
@@ -181,3 +184,19 @@ class DeclaredSettings:
             rows.append(f"| `--{cls.flag(f.name)}` | `{cls.env_var(f.name)}` | `{cls.shown_default(f)}` | "
                         f"{f.metadata['help']} |")
         return "\n".join(rows)
+
+
+def _marked(marker: str) -> re.Pattern[str]:
+    return re.compile(rf"(<!-- {re.escape(marker)}\b.*?-->\n)(.*?)(<!-- end {re.escape(marker)} -->)", re.S)
+
+
+def marked_block(text: str, marker: str) -> str | None:
+    """What ``text`` holds between ``<!-- MARKER ... -->`` and ``<!-- end MARKER -->`` (None: no markers)."""
+    match = _marked(marker).search(text)
+    return match.group(2) if match else None
+
+
+def update_readme(path: str | Path, marker: str, table: str) -> None:
+    """Put ``table`` between the ``marker`` comments of the file at ``path``."""
+    readme = Path(path)
+    readme.write_text(_marked(marker).sub(lambda m: m.group(1) + table + "\n" + m.group(3), readme.read_text()))
