@@ -12,7 +12,7 @@ TEST_DEBS := chromium nginx prometheus redis-server
 run: $(STAMP)
 	$(BIN)/scalechat serve
 
-test: $(STAMP) apt-test
+test: $(STAMP) apt-test image-tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
@@ -46,6 +46,30 @@ apt-test:
 	    (apt-get update -q && $(APT) $$missing) >/dev/null || { echo "apt-get install$$missing failed"; exit 1; }; \
 	  else echo "missing Debian packages:$$missing (run: sudo apt-get install$$missing)"; exit 1; fi; \
 	fi
+
+# The one image (docker/Dockerfile), built with podman; its base is made with
+# mmdebstrap when podman lacks it, and an image of identical files is reused.
+IMAGE_DEBS := podman runc mmdebstrap uidmap slirp4netns fuse-overlayfs
+.PHONY: image image-test image-tools
+
+image: $(STAMP) image-tools
+	$(BIN)/python docker/image.py build
+
+# Builds the image and runs it for real: this checkout's code, the chart's
+# limits and user, serve/load/operator. `make test` runs the same tests.
+image-test: $(STAMP) image-tools
+	$(BIN)/python docker/image.py build
+	$(BIN)/python -m pytest tests/images tests/charts/test_image_contract.py $(PYTEST_ARGS)
+
+# Installs podman for the image tests as root; otherwise says they are skipped.
+# With recommends: buildah, a network stack (netavark) and catatonit come with them.
+image-tools:
+	@if command -v podman >/dev/null && command -v runc >/dev/null && command -v mmdebstrap >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  (apt-get update -q && apt-get -o DPkg::Lock::Timeout=600 install -y -q $(IMAGE_DEBS)) >/dev/null \
+	    || { echo "apt-get install $(IMAGE_DEBS) failed"; exit 1; }; \
+	else echo "skipped: the image tests (make image-test): podman is not installed and installing it needs root" \
+	  "(sudo apt-get install $(IMAGE_DEBS))"; fi
 
 clean:
 	rm -rf $(VENV) build .pytest_cache

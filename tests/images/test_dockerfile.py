@@ -1,9 +1,10 @@
-"""The image's Dockerfile, read by a small parser of its instructions (no Docker engine here).
+"""The image's Dockerfile, read by a small parser of its instructions (no container engine needed).
 
 The parser joins line continuations, skips comments and parser directives,
 splits flags (--from=, --mount=) from arguments and groups instructions into
-stages. The build context is rebuilt from Dockerfile.dockerignore, and the
-project is built into a wheel from that context alone, as the builder stage does.
+stages. The build context is listed from Dockerfile.dockerignore by
+docker/image.py, and the project is built into a wheel from that context
+alone, as the builder stage does. test_image.py builds and runs the image.
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from image_support import image_tool
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "docker" / "Dockerfile"
-DOCKERIGNORE = REPO / "docker" / "Dockerfile.dockerignore"
 BUILD_TOOLS = re.compile(r"\b(build-essential|gcc|g\+\+|clang|make|cmake|[\w.+-]+-dev)\b")
 
 
@@ -255,60 +256,21 @@ def test_python_writes_nothing_beside_its_code(final):
 # --------------------------------------------------------------------------- the build context
 
 
-def _pattern_regex(pattern: str) -> re.Pattern:
-    out, i = "", 0
-    while i < len(pattern):
-        if pattern.startswith("**/", i):
-            out, i = out + "(?:.*/)?", i + 3
-        elif pattern.startswith("**", i):
-            out, i = out + ".*", i + 2
-        elif pattern[i] == "*":
-            out, i = out + "[^/]*", i + 1
-        elif pattern[i] == "?":
-            out, i = out + "[^/]", i + 1
-        elif pattern[i] == "[":
-            end = pattern.index("]", i)
-            out, i = out + pattern[i:end + 1], end + 1
-        else:
-            out, i = out + re.escape(pattern[i]), i + 1
-    return re.compile(out)
-
-
-def dockerignore_patterns(text: str) -> list[tuple[bool, re.Pattern]]:
-    patterns = []
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        negated = line.startswith("!")
-        patterns.append((negated, _pattern_regex(line.lstrip("!").strip("/"))))
-    return patterns
-
-
-def is_ignored(path: str, patterns) -> bool:
-    """Docker's rule: the last pattern matching the path or one of its parents decides."""
-    parts = path.split("/")
-    candidates = ["/".join(parts[:n]) for n in range(1, len(parts) + 1)]
-    ignored = False
-    for negated, regex in patterns:
-        if any(regex.fullmatch(c) for c in candidates):
-            ignored = not negated
-    return ignored
-
-
 def build_context() -> list[str]:
-    patterns = dockerignore_patterns(DOCKERIGNORE.read_text())
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                           capture_output=True, text=True, check=True).stdout.split()
-    return sorted(f for f in files if (REPO / f).is_file() and not is_ignored(f, patterns))
+    return image_tool.context_files()
 
 
-def test_the_ignore_rules_follow_docker_semantics():
-    patterns = dockerignore_patterns("*\n!src\n**/__pycache__\n!keep/**/*.py\n")
-    assert is_ignored("README.md", patterns)
-    assert not is_ignored("src/scalechat/cli.py", patterns)
-    assert is_ignored("src/scalechat/__pycache__/cli.cpython-311.pyc", patterns)
-    assert not is_ignored("keep/a/b.py", patterns)
+def test_the_ignore_rules_follow_docker_semantics(tmp_path):
+    patterns = image_tool.dockerignore_patterns("*\n!src\n**/__pycache__\n!keep/**/*.py\n")
+    assert image_tool.is_ignored("README.md", patterns)
+    assert not image_tool.is_ignored("src/scalechat/cli.py", patterns)
+    assert image_tool.is_ignored("src/scalechat/__pycache__/cli.cpython-311.pyc", patterns)
+    assert not image_tool.is_ignored("keep/a/b.py", patterns)
+    for rel in ("src/a.py", "src/__pycache__/a.pyc", "keep/x/b.py", "keep/x/c.txt", "other/d.py", "top.txt"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("")
+    (tmp_path / "ignore").write_text("*\n!src\n**/__pycache__\n!keep/**/*.py\n")
+    assert image_tool.context_files(tmp_path, tmp_path / "ignore") == ["keep/x/b.py", "src/a.py"]
 
 
 def package_folders() -> set[str]:
@@ -319,6 +281,7 @@ def package_folders() -> set[str]:
 
 def test_the_build_context_holds_exactly_what_the_image_is_built_from():
     context = build_context()
+    assert not [f for f in context if f.endswith(".so")], "the builder compiles its own extensions"
     tops = {f.split("/")[0] for f in context}
     assert tops == {"pyproject.toml", "README.md", "docker"} | package_folders()
     assert "docker/requirements.py" in context and "docker/Dockerfile" not in context
