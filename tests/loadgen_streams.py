@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from scalechat.loadgen.plan import plan_stage
 from scalechat.loadgen.worker import NEVER, StageRun
-from scalechat.loadtest.spec import RoomDistribution, SizeSpec, Stage
+from scalechat.loadtest.spec import RoomDistribution, SizeSpec, StageSpec
 
 
 class _NoEvents:
@@ -17,7 +17,7 @@ def frame(sender: int, msgno: int, sched: int) -> bytes:
 
 
 def make_run(start: int = 1000, end: int = 2000, deadline: int = NEVER) -> StageRun:
-    stage = Stage("s", 1, 4, 1.0, SizeSpec(), 1.0, 0.0, RoomDistribution(), "constant")
+    stage = StageSpec("s", 1, 4, 1.0, SizeSpec(), 1.0, 0.0, RoomDistribution(), "constant")
     run = StageRun(_NoEvents(), 0, stage, list(plan_stage("t", 0, stage, 1).rooms), "ws://h/{room}", 10.0, 0.0)
     run.set_window(start, end, deadline)
     return run

@@ -19,12 +19,12 @@ import math
 from typing import Any, Protocol
 
 from scalechat.loadtest.slo import Slo, check_slo
-from scalechat.loadtest.spec import Stage
+from scalechat.loadtest.spec import StageSpec
 from scalechat.results import StageResult
 
 
 class StageSource(Protocol):
-    def next_stage(self, last: StageResult | None) -> Stage | None: ...
+    def next_stage(self, last: StageResult | None) -> StageSpec | None: ...
 
     def report(self) -> dict[str, Any] | None: ...
 
@@ -32,11 +32,11 @@ class StageSource(Protocol):
 class FixedStages:
     """The stages of the spec, in order."""
 
-    def __init__(self, stages: tuple[Stage, ...]) -> None:
+    def __init__(self, stages: tuple[StageSpec, ...]) -> None:
         self._stages = list(stages)
         self._next = 0
 
-    def next_stage(self, last: StageResult | None) -> Stage | None:
+    def next_stage(self, last: StageResult | None) -> StageSpec | None:
         if self._next >= len(self._stages):
             return None
         self._next += 1
@@ -54,7 +54,7 @@ class CapacitySearch:
 
     FIELDS = {"clients": "clients_per_room", "rooms": "rooms", "rate": "rate"}
 
-    def __init__(self, base: Stage, dimension: str, step: float, max_steps: int, slo: Slo) -> None:
+    def __init__(self, base: StageSpec, dimension: str, step: float, max_steps: int, slo: Slo) -> None:
         if dimension not in self.FIELDS:
             raise ValueError(f"unknown capacity dimension {dimension!r}")
         self.base, self.dimension, self.step, self.max_steps, self.slo = base, dimension, step, max_steps, slo
@@ -68,7 +68,7 @@ class CapacitySearch:
         value = start + k * self.step
         return value if self.dimension == "rate" else int(math.floor(value))
 
-    def next_stage(self, last: StageResult | None) -> Stage | None:
+    def next_stage(self, last: StageResult | None) -> StageSpec | None:
         if last is not None:
             holds, reason = check_slo(last, self.slo)
             self.steps.append({"stage": self._last_name, "value": self._last_value, "holds": holds,

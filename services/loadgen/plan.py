@@ -30,7 +30,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from scalechat.loadtest.spec import SizeSpec, Stage
+from scalechat.loadtest.spec import SizeSpec, StageSpec
 
 RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,23}")
 
@@ -70,7 +70,7 @@ def apportion(total: int, weights: list[float], minimum: int = 1) -> list[int]:
     return counts
 
 
-def client_counts(stage: Stage) -> list[int]:
+def client_counts(stage: StageSpec) -> list[int]:
     """Clients of each room of ``stage`` (room 0 is the hottest under zipf)."""
     if stage.room_distribution.type == "uniform":
         return [stage.clients_per_room] * stage.rooms
@@ -103,7 +103,7 @@ class StagePlan:
     """One stage's rooms for the whole run (every shard computes the same one)."""
 
     index: int
-    stage: Stage
+    stage: StageSpec
     rooms: tuple[RoomPlan, ...]
 
     def for_shard(self, shard: int) -> list[RoomPlan]:
@@ -120,7 +120,7 @@ def _seed(*parts: object) -> int:
     return int.from_bytes(digest, "big")
 
 
-def plan_stage(run_id: str, index: int, stage: Stage, shards: int) -> StagePlan:
+def plan_stage(run_id: str, index: int, stage: StageSpec, shards: int) -> StagePlan:
     counts = client_counts(stage)
     owner = balance(counts, shards)
     firsts = [0]

@@ -97,7 +97,7 @@ class RunReport:
     interrupted: bool = False
     capacity: dict[str, Any] | None = None
     out_dir: Path = Path(".")
-    planned: list = field(default_factory=list)  # the Stage each result ran, by index
+    planned: list = field(default_factory=list)  # the StageSpec each result ran, by index
 
 
 class _WorkerHandle:

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from scalechat.loadtest.slo import GENERATOR_BEHIND_SECONDS, Threshold, describe, judge
-from scalechat.loadtest.spec import Stage
+from scalechat.loadtest.spec import StageSpec
 from scalechat.results import StageResult
 
 FORMAT = 1
@@ -28,7 +28,7 @@ EXIT_SLO_UNSURE = 4
 PERCENTILES = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p99.9", 99.9))
 
 
-def stage_summary(result: StageResult, planned: Stage | None, slo: tuple[Threshold, ...]) -> dict[str, Any]:
+def stage_summary(result: StageResult, planned: StageSpec | None, slo: tuple[Threshold, ...]) -> dict[str, Any]:
     d = result.delivery
     window = result.ended_at - result.started_at if result.ended_at > result.started_at else None
     latency = {name: (float(v) if d.count else None)
@@ -58,7 +58,7 @@ def stage_summary(result: StageResult, planned: Stage | None, slo: tuple[Thresho
     return out
 
 
-def build(results: Sequence[StageResult], planned: Sequence[Stage], slo: dict[str, Any], *,
+def build(results: Sequence[StageResult], planned: Sequence[StageSpec], slo: dict[str, Any], *,
           run_id: str, name: str, url: str, out_dir: str, shard: tuple[int, int], interrupted: bool,
           notes: Sequence[str] = (), capacity: dict[str, Any] | None = None) -> dict[str, Any]:
     """The summary of a run (this shard's stages, merged over its workers)."""

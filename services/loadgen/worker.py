@@ -3,7 +3,7 @@
 The parent (:mod:`scalechat.loadgen.runner`) drives a worker over a pipe, one
 stage at a time::
 
-    parent -> worker   ("connect", stage_index, Stage, [RoomPlan...], url, connect_rate, drain_s)
+    parent -> worker   ("connect", stage_index, StageSpec, [RoomPlan...], url, connect_rate, drain_s)
     worker -> parent   ("connected", stage_index, ok, failed)
     parent -> worker   ("go", stage_index, t0_ns)         t0 on the system-wide CLOCK_MONOTONIC
     worker -> parent   ("snap", stage_index, phase, StageResult dict, live dict)   about once a second
@@ -63,7 +63,7 @@ from scalechat.eventlog import EventLogError, EventLogWriter
 from scalechat.loadgen.accounting import Client, ReceiptTally, Room, Tally
 from scalechat.loadgen.plan import RoomPlan, Timetable, max_size, size_sampler
 from scalechat.loadgen.wsclient import HandshakeError, WSClientError, connect
-from scalechat.loadtest.spec import Stage
+from scalechat.loadtest.spec import StageSpec
 from scalechat.results import StageResult, Timeline
 
 try:
@@ -104,7 +104,7 @@ def connect_error_kind(exc: BaseException) -> str:
 class StageRun:
     """One stage in this worker: connect, then (after go) send/receive, drain, close."""
 
-    def __init__(self, worker: Worker, index: int, stage: Stage, rooms: list[RoomPlan], url: str,
+    def __init__(self, worker: Worker, index: int, stage: StageSpec, rooms: list[RoomPlan], url: str,
                  connect_rate: float, drain_seconds: float) -> None:
         self.worker, self.index, self.stage, self.url = worker, index, stage, url
         self.connect_rate, self.drain_ns = connect_rate, int(drain_seconds * 1e9)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from scalechat.loadgen.capacity import CapacitySearch
 from scalechat.loadtest.slo import Slo
-from scalechat.loadtest.spec import RoomDistribution, SizeSpec, Stage
+from scalechat.loadtest.spec import RoomDistribution, SizeSpec, StageSpec
 from scalechat.results import StageResult
 
 
-def stage(clients=10, rate=2.0) -> Stage:
-    return Stage(name="s", rooms=10, clients_per_room=clients, rate=rate, size=SizeSpec(), duration_seconds=3.0,
+def stage(clients=10, rate=2.0) -> StageSpec:
+    return StageSpec(name="s", rooms=10, clients_per_room=clients, rate=rate, size=SizeSpec(), duration_seconds=3.0,
                  warmup_seconds=1.0, room_distribution=RoomDistribution(), arrival="constant")
 
 

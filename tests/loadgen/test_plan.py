@@ -10,11 +10,11 @@ from hypothesis import given, strategies as st
 
 from scalechat.loadgen.plan import (Timetable, apportion, assign_workers, client_counts, plan_stage,
                                     size_sampler, zipf_weights)
-from scalechat.loadtest.spec import RoomDistribution, SizeSpec, Stage
+from scalechat.loadtest.spec import RoomDistribution, SizeSpec, StageSpec
 
 
-def stage(rooms=10, clients=10, dist="uniform", exponent=1.0, rate=2.0, **kw) -> Stage:
-    return Stage(name="s", rooms=rooms, clients_per_room=clients, rate=rate, size=SizeSpec(),
+def stage(rooms=10, clients=10, dist="uniform", exponent=1.0, rate=2.0, **kw) -> StageSpec:
+    return StageSpec(name="s", rooms=rooms, clients_per_room=clients, rate=rate, size=SizeSpec(),
                  duration_seconds=kw.get("duration", 3.0), warmup_seconds=1.0,
                  room_distribution=RoomDistribution(dist, exponent), arrival=kw.get("arrival", "constant"))
 

@@ -50,7 +50,9 @@ class RoomDistribution:
 
 
 @dataclass(frozen=True)
-class Stage:
+class StageSpec:
+    """One entry of ``spec.stages``: the load to apply (what a stage measured is a StageResult)."""
+
     name: str
     rooms: int
     clients_per_room: int
@@ -75,7 +77,9 @@ class Stage:
 
 
 @dataclass(frozen=True)
-class CapacitySearch:
+class CapacitySearchSpec:
+    """``spec.findCapacity``: what the load generator's capacity search grows, by how much, how often."""
+
     dimension: str  # clients | rooms | rate
     step: float
     max_steps: int
@@ -87,14 +91,14 @@ class LoadTest:
 
     name: str
     url: str
-    stages: tuple[Stage, ...]
+    stages: tuple[StageSpec, ...]
     workers: int
     parallelism: int
     connect_rate: float
     drain_seconds: float
     slo: Slo
     events: str
-    find_capacity: CapacitySearch | None = None
+    find_capacity: CapacitySearchSpec | None = None
     metadata: tuple[tuple[str, Any], ...] = ()
 
     def to_spec(self) -> dict[str, Any]:
@@ -121,7 +125,7 @@ def parse_spec(spec: Any, path: str = "spec", metadata: dict[str, Any] | None = 
     if fc is not None:
         first = stages[0]
         base = {"clients": first.clients_per_room, "rooms": first.rooms, "rate": first.rate}[fc["dimension"]]
-        search = CapacitySearch(fc["dimension"], float(fc.get("step", base)), fc["maxSteps"])
+        search = CapacitySearchSpec(fc["dimension"], float(fc.get("step", base)), fc["maxSteps"])
     metadata = dict(metadata or {})
     return LoadTest(
         name=str(metadata.get("name", "loadtest")), url=s["target"]["url"], stages=stages,
@@ -166,7 +170,7 @@ def _check_size(size: dict[str, Any], where: str) -> None:
         raise ConfigError(f"{where}.max", f"must be >= min ({size['min']}), got {size['max']}")
 
 
-def _stage(st: dict[str, Any], index: int) -> Stage:
+def _stage(st: dict[str, Any], index: int) -> StageSpec:
     raw = st["size"]
     if isinstance(raw, int):
         size = SizeSpec("fixed", raw)
@@ -178,7 +182,7 @@ def _stage(st: dict[str, Any], index: int) -> Stage:
         size = SizeSpec("lognormal", lo=raw.get("min", 1), hi=raw.get("max", 65536),
                         median=float(raw["median"]), sigma=float(raw["sigma"]))
     rd = st["roomDistribution"]
-    return Stage(name=st.get("name") or f"stage-{index}", rooms=st["rooms"], clients_per_room=st["clientsPerRoom"],
+    return StageSpec(name=st.get("name") or f"stage-{index}", rooms=st["rooms"], clients_per_room=st["clientsPerRoom"],
                  rate=float(st["rate"]), size=size, duration_seconds=float(st["durationSeconds"]),
                  warmup_seconds=float(st["warmupSeconds"]),
                  room_distribution=RoomDistribution(rd["type"], float(rd["exponent"])), arrival=st["arrival"])
