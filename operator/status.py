@@ -22,7 +22,7 @@ from typing import Any
 from scalechat.loadtest.slo import Slo, check_slo
 from scalechat.operator import jobs
 from scalechat.results import StageResult
-from scalechat.results_store import Progress, Snapshot
+from scalechat.results_store import ShardProgress, Snapshot
 
 PENDING, RUNNING, SUCCEEDED, FAILED = "Pending", "Running", "Succeeded", "Failed"
 FINISHED = frozenset({SUCCEEDED, FAILED})
@@ -132,7 +132,7 @@ def refuse_spec_change(current: Mapping[str, Any], now: datetime, generation: in
                                         "SpecImmutable", message, now, generation)}
 
 
-def job_state(job: Mapping[str, Any], progress: Mapping[int, Progress]) -> JobState:
+def job_state(job: Mapping[str, Any], progress: Mapping[int, ShardProgress]) -> JobState:
     """What the Job says: its final conditions first, then whether any shard is under way."""
     status = job.get("status") or {}
     for cond in status.get("conditions") or []:
@@ -148,7 +148,7 @@ def job_state(job: Mapping[str, Any], progress: Mapping[int, Progress]) -> JobSt
     return JobState("running" if under_way else "pending", started_at=status.get("startTime"))
 
 
-def current_stage(progress: Mapping[int, Progress]) -> str | None:
+def current_stage(progress: Mapping[int, ShardProgress]) -> str | None:
     """The earliest stage any shard is in: the one not yet finished everywhere."""
     return min(progress.values(), key=lambda p: p.stage_index).stage_name if progress else None
 

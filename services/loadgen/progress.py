@@ -1,6 +1,6 @@
 """Human output while a run goes on: the live progress line and each stage's final line.
 
-Formatting is pure (:func:`progress_line` returns a string); :class:`Progress`
+Formatting is pure (:func:`progress_line` returns a string); :class:`ProgressDisplay`
 only decides when to print: in place (``\\r``) every half second on a TTY, one
 line every few seconds otherwise (logs, CI). Every stage ends with a line of
 its own, from the stage's merged result, so the last word on a stage is never
@@ -37,7 +37,7 @@ def progress_line(label: str, phase: str, connections: int, planned: int, sent_r
             f"errors {errors}  {elapsed:.0f}s{warning}")
 
 
-class _Rates:
+class WorkerRates:
     """Per-worker (t, sent, received) history; the summed rate over each worker's own window."""
 
     def __init__(self) -> None:
@@ -65,7 +65,7 @@ class _Rates:
         return (sent, received) if known else (None, None)
 
 
-class Progress:
+class ProgressDisplay:
     """Aggregates worker snapshots of the current stage and prints the progress line."""
 
     def __init__(self, stream: TextIO, tty: bool | None = None, interval: float | None = None) -> None:
@@ -73,13 +73,13 @@ class Progress:
         self.tty = stream.isatty() if tty is None else tty
         self.interval = interval if interval is not None else (0.5 if self.tty else 5.0)
         self._last_print = 0.0
-        self._rates = _Rates()
+        self._rates = WorkerRates()
         self._width = 0
         self._started = time.monotonic()
 
     def stage_started(self) -> None:
         self._started = time.monotonic()
-        self._rates = _Rates()
+        self._rates = WorkerRates()
         self._last_print = 0.0
 
     def update(self, label: str, phase: str, snapshots: list[tuple[int, dict[str, Any], dict[str, int]]]) -> None:

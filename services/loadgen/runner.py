@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 from scalechat.hostinfo import host_facts
 from scalechat.loadgen.capacity import StageSource
 from scalechat.loadgen.plan import StagePlan, assign_workers, plan_stage
-from scalechat.loadgen.progress import Progress
+from scalechat.loadgen.progress import ProgressDisplay
 from scalechat.loadgen.worker import worker_main
 from scalechat.loadtest.spec import LoadTest
 from scalechat.results import FORMAT, StageResult, write_json_atomic, write_shard
@@ -124,7 +124,7 @@ class Runner:
         self.test, self.source = test, source
         self.shard, self.shards, self.n_workers = shard, shards, workers
         self.run_id, self.out_dir, self.argv = run_id, Path(out_dir), argv
-        self.progress = Progress(stream)
+        self.progress = ProgressDisplay(stream)
         self.interrupts = 0
         self._handled_interrupts = 0
         self.workers: list[_WorkerHandle] = []

@@ -53,7 +53,7 @@ def progress_field(shard: int) -> str:
 
 
 @dataclass(frozen=True)
-class Progress:
+class ShardProgress:
     """The stage one shard is running (or ran last)."""
 
     stage_index: int
@@ -72,7 +72,7 @@ class Snapshot:
 
     shards: int = 0
     results: dict[int, list[StageResult]] = field(default_factory=dict)
-    progress: dict[int, Progress] = field(default_factory=dict)
+    progress: dict[int, ShardProgress] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
@@ -89,7 +89,7 @@ def parse_hash(key: str, raw: dict[Any, Any]) -> Snapshot:
     """Build a :class:`Snapshot` from a hash's fields (bytes or str); ValueError names the key."""
     counts: set[int] = set()
     results: dict[int, list[StageResult]] = {}
-    progress: dict[int, Progress] = {}
+    progress: dict[int, ShardProgress] = {}
     for name, value in raw.items():
         name = name.decode() if isinstance(name, bytes) else str(name)
         try:
@@ -102,7 +102,7 @@ def parse_hash(key: str, raw: dict[Any, Any]) -> Snapshot:
                 counts.add(shards)
                 results[shard] = [StageResult.from_dict(s) for s in data["stages"]]
             elif m := _PROGRESS_FIELD.match(name):
-                progress[int(m[1])] = Progress(int(data["stage"]), str(data["name"]), float(data["at"]))
+                progress[int(m[1])] = ShardProgress(int(data["stage"]), str(data["name"]), float(data["at"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{key} field {name}: not a readable shard record: {exc}") from None
     if len(counts) > 1:
@@ -152,7 +152,7 @@ def load_shards(redis_url: str, key: str) -> tuple[int, dict[int, list[StageResu
     return snap.shards, snap.results
 
 
-def load_progress(redis_url: str, key: str) -> dict[int, Progress]:
+def load_progress(redis_url: str, key: str) -> dict[int, ShardProgress]:
     return snapshot(redis_url, key).progress
 
 

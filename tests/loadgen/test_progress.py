@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from scalechat.loadgen.progress import WorkerRates
+
 
 def test_progress_rates_use_each_workers_own_clock():
     """Snapshots reach the parent at uneven times; the rate must not swing with that."""
-    from scalechat.loadgen.progress import _Rates
-
-    rates = _Rates()
+    rates = WorkerRates()
     for k in range(12):  # two workers at 200 sends/s each, stamped 1 s apart on their own clocks
         for worker, offset in ((0, 0.0), (1, 0.37)):
             t = 100.0 + offset + k
@@ -17,4 +17,4 @@ def test_progress_rates_use_each_workers_own_clock():
         sent, received = rates.rates()
         if k >= 1:
             assert sent == pytest.approx(400, rel=0.01) and received == pytest.approx(4000, rel=0.01)
-    assert _Rates().rates() == (None, None)
+    assert WorkerRates().rates() == (None, None)

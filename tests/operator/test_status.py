@@ -10,7 +10,7 @@ import pytest
 from scalechat.loadtest.slo import Slo
 from scalechat.operator import jobs, status
 from scalechat.results import StageResult, merge_stage_results
-from scalechat.results_store import Progress, Snapshot
+from scalechat.results_store import ShardProgress, Snapshot
 
 NOW = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
 SLO = Slo(p99_seconds=0.1, delivery_ratio=0.99)
@@ -114,7 +114,7 @@ def test_results_of_another_shard_count_are_not_merged():
     ({}, {}, "Pending"),
     ({"active": 2}, {}, "Pending"),  # pods exist but none runs yet (e.g. pulling the image)
     ({"active": 2, "ready": 1}, {}, "Running"),
-    ({"active": 2}, {0: Progress(0, "a", 1.0)}, "Running"),  # a shard reported a stage
+    ({"active": 2}, {0: ShardProgress(0, "a", 1.0)}, "Running"),  # a shard reported a stage
 ])
 def test_the_phase_is_pending_until_a_shard_runs(job_status, progress, phase):
     t = status.reconcile({"phase": "Pending"}, job(**job_status), Snapshot(progress=progress), NOW, 60)
@@ -123,7 +123,7 @@ def test_the_phase_is_pending_until_a_shard_runs(job_status, progress, phase):
 
 def test_while_running_only_what_changed_is_patched_with_an_event_per_change():
     current = {"phase": "Pending", "jobName": "x-load"}
-    progress = {0: Progress(1, "peak", 1.0), 1: Progress(0, "warm", 1.0)}
+    progress = {0: ShardProgress(1, "peak", 1.0), 1: ShardProgress(0, "warm", 1.0)}
     running = job(ready=2, startTime="2025-03-01T11:58:00Z")
     first = status.reconcile(current, running, Snapshot(progress=progress), NOW, 60)
     assert first.patch == {"phase": "Running", "startedAt": "2025-03-01T11:58:00Z",
