@@ -1,6 +1,6 @@
 """The event log's row format (see the package): fixed 72-byte CSV rows, encoded and parsed with numpy.
 
-A chunk of rows is viewed as 8-byte words and parsed without per-row Python (:class:`_Parser`).
+A chunk of rows is viewed as 8-byte words and parsed without per-row Python (:class:`ChunkParser`).
 """
 
 from __future__ import annotations
@@ -139,7 +139,8 @@ def encode_rows(rows: np.ndarray) -> bytes:
 
 
 
-def _row_fits(row: tuple) -> bool:
+def row_fits(row: tuple) -> bool:
+    """Whether one row tuple can be written: seven integers within the columns' limits."""
     try:
         array = np.array([row], dtype=np.int64)
     except (TypeError, ValueError, OverflowError):
@@ -169,8 +170,12 @@ class EventChunk:
         return (self.event_ns - self.scheduled_ns).view(np.int64)
 
 
-class _Parser:
-    """Buffers for one chunk, and the vectorised parse; no temporaries the size of a chunk."""
+class ChunkParser:
+    """Buffers for one chunk, and the vectorised parse; no temporaries the size of a chunk.
+
+    Fill :meth:`raw_view` with ``n`` rows of the file, then :meth:`parse` them;
+    the arrays of the chunk it returns are views into these buffers.
+    """
 
     def __init__(self, rows: int) -> None:
         tiles = -(-rows // _TILE)

@@ -1,4 +1,8 @@
-"""iter_chunks: an event log read chunk by chunk into reused buffers, each chunk parsed at once (format._Parser)."""
+"""iter_chunks: an event log read chunk by chunk into reused buffers, each chunk parsed at once (format.ChunkParser).
+
+:func:`open_log` and :func:`read_rows` are the file side, shared with
+:func:`~scalechat.eventlog.summary.read_event_log`.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +10,8 @@ import io
 import os
 from collections.abc import Iterator
 from pathlib import Path
-
-
-from scalechat.eventlog.format import DEFAULT_CHUNK_ROWS, HEADER, ROW_BYTES, EventChunk, EventLogError, _Parser
+from scalechat.eventlog.format import (DEFAULT_CHUNK_ROWS, HEADER, ROW_BYTES, ChunkParser, EventChunk,
+                                       EventLogError)
 
 
 def iter_chunks(path: str | os.PathLike[str], *, chunk_rows: int = DEFAULT_CHUNK_ROWS,
@@ -22,16 +25,16 @@ def iter_chunks(path: str | os.PathLike[str], *, chunk_rows: int = DEFAULT_CHUNK
     was killed leaves it).
     """
     path = Path(path)
-    f, rows = _open(path, chunk_rows, allow_truncated)
+    f, rows = open_log(path, chunk_rows, allow_truncated)
     with f:
-        parser = _Parser(min(chunk_rows, max(rows, 1)))
+        parser = ChunkParser(min(chunk_rows, max(rows, 1)))
         for done in range(0, rows, chunk_rows):
             n = min(chunk_rows, rows - done)
-            _fill(f, parser.raw_view(n), path, done)
+            read_rows(f, parser.raw_view(n), path, done)
             yield parser.parse(n, path, done + 2)
 
 
-def _open(path: Path, chunk_rows: int, allow_truncated: bool) -> tuple[io.RawIOBase, int]:
+def open_log(path: Path, chunk_rows: int, allow_truncated: bool) -> tuple[io.RawIOBase, int]:
     """The file, positioned after its checked header, and how many whole rows it holds."""
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
@@ -55,7 +58,8 @@ def _open(path: Path, chunk_rows: int, allow_truncated: bool) -> tuple[io.RawIOB
     return f, rows
 
 
-def _fill(f: io.RawIOBase, view: memoryview, path: Path, done: int) -> None:
+def read_rows(f: io.RawIOBase, view: memoryview, path: Path, done: int) -> None:
+    """Fill ``view`` from ``f`` (rows after the first ``done``); EventLogError if the file shrank."""
     got = 0
     while got < view.nbytes:
         read = f.readinto(view[got:])

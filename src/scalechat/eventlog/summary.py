@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
+from scalechat.eventlog.format import (DEFAULT_CHUNK_ROWS, DEFAULT_DUPLICATE_WINDOW, HEADER, ROW_BYTES, ChunkParser,
+                                       EventChunk)
+from scalechat.eventlog.reader import open_log, read_rows
 from scalechat.histogram import HistogramConfig, LogHistogram
-from scalechat.eventlog.format import (DEFAULT_CHUNK_ROWS, DEFAULT_DUPLICATE_WINDOW, HEADER, ROW_BYTES,
-                                       EventChunk, _Parser, _U)
-from scalechat.eventlog.reader import _fill, _open
 
 
 @dataclass(frozen=True, eq=False)
@@ -78,7 +78,7 @@ def read_event_log(path: str | os.PathLike[str], *, chunk_rows: int = DEFAULT_CH
     config = config or HistogramConfig()
     workers = max(1, workers or min(4, os.cpu_count() or 1))
     duplicates = _Duplicates(duplicate_window) if duplicate_window > 0 else None
-    f, rows = _open(path, chunk_rows, allow_truncated)
+    f, rows = open_log(path, chunk_rows, allow_truncated)
     slots = [_Slot(min(chunk_rows, max(rows, 1)), config, duplicates is not None) for _ in range(workers)]
     pending: deque[Future] = deque()
     try:
@@ -87,7 +87,7 @@ def read_event_log(path: str | os.PathLike[str], *, chunk_rows: int = DEFAULT_CH
                 if len(pending) == workers:  # the oldest chunk used this slot: wait for it, in order
                     _collect(pending.popleft(), duplicates)
                 slot, n = slots[k % workers], min(chunk_rows, rows - done)
-                _fill(f, slot.parser.raw_view(n), path, done)
+                read_rows(f, slot.parser.raw_view(n), path, done)
                 pending.append(pool.submit(slot.add, n, path, done + 2))
             while pending:
                 _collect(pending.popleft(), duplicates)
@@ -119,7 +119,7 @@ class _Slot:
     """One reading thread's buffers and its share of the aggregates."""
 
     def __init__(self, rows: int, config: HistogramConfig, keys: bool) -> None:
-        self.parser = _Parser(rows)
+        self.parser = ChunkParser(rows)
         self.config = config
         self.keys = keys
         self.stages: dict[int, _Stage] = {}
@@ -128,18 +128,18 @@ class _Slot:
         chunk = self.parser.parse(n, path, first_line)
         low, high = int(chunk.stage.min()), int(chunk.stage.max())
         present = [low] if low == high else \
-            (np.flatnonzero(np.bincount((chunk.stage - _U(low)).astype(np.intp))) + low).tolist()
+            (np.flatnonzero(np.bincount((chunk.stage - np.uint64(low)).astype(np.intp))) + low).tolist()
         for stage in present:
             if stage not in self.stages:
                 self.stages[stage] = _Stage(stage, self.config)
-            self.stages[stage].add(chunk, slice(None) if low == high else chunk.stage == _U(stage))
+            self.stages[stage].add(chunk, slice(None) if low == high else chunk.stage == np.uint64(stage))
         if not self.keys:
             return None
         r = chunk.receipt
         stages = chunk.stage[r].astype(np.uint32)  # a copy: the buffers are reused
-        high_part = chunk.sender[r] * _U(10**7) + chunk.msgno[r]
-        low_part = chunk.receiver_or_size[r] * _U(10**5) + chunk.stage[r]
-        return high_part ^ (low_part * _U(0x9E3779B97F4A7C15)), stages, n
+        high_part = chunk.sender[r] * np.uint64(10**7) + chunk.msgno[r]
+        low_part = chunk.receiver_or_size[r] * np.uint64(10**5) + chunk.stage[r]
+        return high_part ^ (low_part * np.uint64(0x9E3779B97F4A7C15)), stages, n
 
 
 class _Histogram:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scalechat.eventlog.format import (HEADER, MAX_ID, MAX_STAGE, RECEIPT, SEND, EventLogError, _row_fits,
+from scalechat.eventlog.format import (HEADER, MAX_ID, MAX_STAGE, RECEIPT, SEND, EventLogError, row_fits,
                                        encode_rows, valid_rows)
 
 
@@ -110,7 +110,7 @@ class EventLogWriter:
                                 count=7 * len(batch)).reshape(-1, 7)
             ok = valid_rows(array)
         except (TypeError, ValueError, OverflowError):  # a value that is no int64
-            ok = np.array([_row_fits(row) for row in batch], dtype=bool)
+            ok = np.array([row_fits(row) for row in batch], dtype=bool)
             array = np.array([row if fits else (SEND, 0, 0, 0, 0, 0, 0)
                               for row, fits in zip(batch, ok)], dtype=np.int64)
         if not ok.all():
