@@ -58,14 +58,14 @@ from scalechat.loadgen.wsprotocol import (
     Opcode,
     ProtocolError,
     WSClientError,  # noqa: F401  (re-exported)
-    _dechunk,
-    _valid_close_code,
     build_request,
     check_upgrade,
+    dechunk,
     encode_close,
     encode_frame,
     parse_response_head,
     parse_ws_url,
+    valid_close_code,
     xor_mask,  # noqa: F401  (re-exported)
 )
 
@@ -248,7 +248,7 @@ class WSClient(asyncio.Protocol):
         close (the server closes TCP first, so TIME_WAIT stays on its side,
         section 7.1.1), then aborts. Returns ``closed``'s result.
         """
-        if not _valid_close_code(code):
+        if not valid_close_code(code):
             raise ValueError(f"close code {code} may not be sent (RFC 6455 section 7.4)")
         if not self._close_sent and self._transport is not None:
             self._send_close(code, reason)
@@ -324,7 +324,7 @@ class WSClient(asyncio.Protocol):
         """Raise HandshakeError once the rejection body is complete (or the server hung up)."""
         body: bytes | None = bytes(self._head)
         if "chunked" in self._headers.get("transfer-encoding", "").lower():
-            decoded = _dechunk(body)  # type: ignore[arg-type]
+            decoded = dechunk(body)  # type: ignore[arg-type]
             body = decoded if decoded is not None or not at_eof else body
         elif self._headers.get("content-length", "").isdigit():
             length = int(self._headers["content-length"])

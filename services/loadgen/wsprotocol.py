@@ -171,7 +171,7 @@ def check_upgrade(headers: Mapping[str, str], key: str) -> None:
             raise ProtocolError(f"101 response selects {name} {headers[name]!r} that was not offered")
 
 
-def _dechunk(body: bytes) -> bytes | None:
+def dechunk(body: bytes) -> bytes | None:
     """Decode a chunked body; None while it is incomplete."""
     out, pos = [], 0
     while True:
@@ -237,7 +237,8 @@ def encode_close(code: int, reason: str = "") -> bytes:
     return code.to_bytes(2, "big") + reason.encode()[:123]
 
 
-def _valid_close_code(code: int) -> bool:
+def valid_close_code(code: int) -> bool:
+    """Whether a peer may send ``code`` in a close frame."""
     # Section 7.4: 1004-1006 and 1015 must never be sent; 1016-2999 are unassigned.
     return code in (1000, 1001, 1002, 1003) or 1007 <= code <= 1014 or 3000 <= code <= 4999
 
@@ -419,7 +420,7 @@ class FrameParser:
             return self._fail(CloseCode.PROTOCOL_ERROR, "close frame with a 1-byte payload")
         else:
             code = int.from_bytes(payload[:2], "big")
-            if not _valid_close_code(code):
+            if not valid_close_code(code):
                 return self._fail(CloseCode.PROTOCOL_ERROR, f"invalid close code {code}")
             try:
                 reason = payload[2:].decode()
