@@ -282,12 +282,13 @@ class Balancer(Pinned):
     port: int = 0
 
 
-def start_nginx(core: int, run_dir: Path, backends: list[int]) -> Balancer:
-    """nginx with the cluster's own configuration: room-hash routing over ``backends``."""
+def start_nginx(core: int, run_dir: Path, backends: list[int],
+                routing: str = cluster_nginx.Routing.ROOM_HASH) -> Balancer:
+    """nginx with the cluster's own configuration over ``backends`` (room hash by default)."""
     binary = find_program("nginx")
     port, = free_ports(1)
     layout = cluster_nginx.NginxLayout(run_dir / "nginx", run_dir / "logs")
-    cluster_nginx.write_config(layout, port, backends, cluster_nginx.Routing.ROOM_HASH)
+    cluster_nginx.write_config(layout, port, backends, cluster_nginx.Routing(routing))
     cluster_nginx.check_config(binary, layout)
     base = start_pinned("nginx", core, layout.argv(binary), layout.output,
                         stop_signal=signal.SIGQUIT)
@@ -331,7 +332,7 @@ class Stack:
 
     @classmethod
     def start(cls, run_dir: Path, cores: tuple[int, int], broker: str, replicas: int,
-              shards: int, balanced: bool) -> Stack:
+              shards: int, balanced: bool, routing: str = "room-hash") -> Stack:
         """Start the processes; ``run_dir`` keeps this configuration's logs and Redis folders."""
         server, support = cores
         stack = cls(cores)
@@ -342,7 +343,8 @@ class Stack:
                                             [s.url for s in stack.shards], prefix)
                               for i in range(replicas)]
             if balanced:
-                stack.balancer = start_nginx(support, run_dir, [r.port for r in stack.replicas])
+                stack.balancer = start_nginx(support, run_dir, [r.port for r in stack.replicas],
+                                             routing)
         except BaseException:
             stack.stop()
             raise

@@ -20,6 +20,9 @@ One run measures, each figure against a baseline from the same run:
    that serves them (replicas, Redis, nginx). The replicas get the shards as a
    comma-separated ``--redis-url``; ``sharded`` records whether every shard got
    traffic (a broker that takes one URL leaves the second one empty).
+   ``--random-routing`` adds 2 + 2 behind nginx's random balancing, where a
+   room's members spread over the replicas and each of them takes the room's
+   messages from Redis (``broker_messages_per_published``).
 
 Placement, pinned with ``taskset``: the replicas on one core, and the generator
 (this process), Redis and nginx on the other. Each component's CPU is read on
@@ -267,11 +270,12 @@ async def saturation_run(opt: Options, scenario: tuple[int, int], broker: str) -
             "check": check}
 
 
-async def scaleout_run(opt: Options, scenario: tuple[int, int], count: int) -> dict:
+async def scaleout_run(opt: Options, scenario: tuple[int, int], count: int,
+                       routing: str = "room-hash") -> dict:
     rooms, per_room = scenario
     rate = rate_per_client(opt.scaleout_load, rooms, per_room)
-    stack = Stack.start(opt.run_dir / f"scaleout-{count}x{count}", opt.cores, "redis", count, count,
-                        True)
+    stack = Stack.start(opt.run_dir / f"scaleout-{count}x{count}-{routing}", opt.cores, "redis",
+                        count, count, True, routing)
     gen = Clients(stack.port, rooms, per_room)
     try:
         await gen.open()
@@ -288,12 +292,16 @@ async def scaleout_run(opt: Options, scenario: tuple[int, int], count: int) -> d
         await gen.close()
         stack.stop()
     cpu = sum(result["replica_cpu_s"]) + result["redis_cpu_s"] + result["nginx_cpu_s"]
-    return {"config": f"{count} replica{'s' * (count > 1)} + {count} shard{'s' * (count > 1)}",
-            "replicas": count, "shards": count, "scenario": f"{rooms}x{per_room}",
+    config = f"{count} replica{'s' * (count > 1)} + {count} shard{'s' * (count > 1)}"
+    return {"config": config + ("" if routing == "room-hash" else f", {routing} routing"),
+            "replicas": count, "shards": count, "routing": routing, "scenario": f"{rooms}x{per_room}",
             "offered_deliveries_per_s": opt.scaleout_load, **result, "check": check,
             "connections_per_replica": [round(c["connections"]) for c in after.counters],
             "rooms_per_replica": [round(c["rooms"]) for c in after.counters],
             "keys_per_shard": keys,
+            # Random routing: a room's members on several replicas, each taking the room's messages.
+            "broker_messages_per_published": round(result["redis_messages"]
+                                                   / max(result["published"], 1), 3),
             # A broker that takes one URL puts every room on the first shard.
             "sharded": all(k > 0 for k in keys) and all(c > 0 for c in result["redis_commands"]),
             "cpu_s": round(cpu, 3), "deliveries_per_cpu_s": round(result["delivered"] / cpu)}
@@ -350,6 +358,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--scaleout-scenario", type=scenario, default=(100, 4), metavar="RxC")
     add("--scaleout-load", type=float, default=10_000,
         help="deliveries/s offered to both scale-out configurations (default 10000); 0 skips")
+    add("--random-routing", action="store_true",
+        help="also 2 replicas + 2 shards behind nginx's random balancing: a room's members spread "
+             "over the replicas, and each replica with a member takes the room's messages")
     add("--json", type=Path, default=REPO / "build" / "bench" / "scaleout.json")
     add("--run-dir", type=Path, default=REPO / "build" / "bench" / "scaleout-run",
         help="logs and Redis folders of the run")
@@ -373,7 +384,7 @@ def budget(args: argparse.Namespace) -> float:
     """An upper bound of the run's duration: it stops itself after this."""
     per_run = 25 + args.warm_up + args.idle_seconds + args.seconds + 15  # start, settle, stop
     return (2 * len(args.scenarios) * per_run + 2 * (per_run + args.steps * args.step_seconds)
-            + 2 * per_run)
+            + 3 * per_run)
 
 
 async def measure(args: argparse.Namespace, opt: Options) -> dict:
@@ -386,8 +397,9 @@ async def measure(args: argparse.Namespace, opt: Options) -> dict:
         for broker in ("memory", "redis"):
             saturation.append(await saturation_run(opt, args.saturation_scenario, broker))
     if args.scaleout_load:
-        for count in (1, 2):
-            scaleout.append(await scaleout_run(opt, args.scaleout_scenario, count))
+        for count, routing in ((1, "room-hash"), (2, "room-hash"),
+                               *([(2, "random")] if args.random_routing else [])):
+            scaleout.append(await scaleout_run(opt, args.scaleout_scenario, count, routing))
             print(f"  scale-out {scaleout[-1]['config']}: {scaleout[-1]['deliveries_per_cpu_s']:,} "
                   "deliveries per CPU-second", flush=True)
     return {"fixed": fixed, "saturation": saturation, "scaleout": scaleout}
@@ -440,7 +452,8 @@ def main(argv: list[str] | None = None) -> None:
                             "steps": args.steps, "step_seconds": args.step_seconds,
                             "step_factor": args.step_factor,
                             "scaleout_scenario": "x".join(map(str, args.scaleout_scenario)),
-                            "scaleout_load": args.scaleout_load},
+                            "scaleout_load": args.scaleout_load,
+                            "random_routing": args.random_routing},
                 **result}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(document, indent=1) + "\n")

@@ -105,8 +105,8 @@ def summarize(fixed: list[dict], saturation: list[dict], scaleout: list[dict]) -
                                              / sat["memory"]["deliveries_per_replica_cpu_s"], 3),
             "refused_unavailable": sat["redis"]["refused_unavailable"],
             "refused_unavailable_sustained": sat["redis"]["refused_unavailable_sustained"]}
-    if len(scaleout) == 2:
-        one, two = scaleout
+    if len(scaleout) >= 2:  # 1 + 1 and 2 + 2 with room-hash routing first
+        one, two = scaleout[:2]
         out["scaleout"] = {"deliveries_per_cpu_s": {one["config"]: one["deliveries_per_cpu_s"],
                                                     two["config"]: two["deliveries_per_cpu_s"]},
                            "ratio": round(two["deliveries_per_cpu_s"] / one["deliveries_per_cpu_s"], 3),
@@ -154,8 +154,9 @@ def costs(fixed: list[dict], scaleout: list[dict], history_size: int) -> dict:
             most = max(untrimmed, key=lambda r: r["check"]["accepted"])
             out["redis_memory_bytes_per_stored_message"] = {
                 "value": most["redis_memory_bytes_per_accepted"], "scenario": most["scenario"]}
-    if scaleout:
-        worst = max(scaleout, key=lambda r: r["nginx_cpu_us_per_delivery"])
+    hashed = [r for r in scaleout if r.get("routing", "room-hash") == "room-hash"]
+    if hashed:
+        worst = max(hashed, key=lambda r: r["nginx_cpu_us_per_delivery"])
         out["nginx_cpu_us_per_delivery"] = {"value": worst["nginx_cpu_us_per_delivery"],
                                             "config": worst["config"]}
     return out
@@ -187,7 +188,8 @@ def report(result: dict) -> str:
                      f"(limited by {r['limited_by']}; {r['deliveries_per_replica_cpu_s']:,} per replica "
                      f"CPU-second), {r['refused_unavailable']} refused, exact {r['check']['exact']}")
     for r in result["scaleout"]:
-        lines.append(f"scale-out {r['config']:22}: {r['delivered_per_s']:,.0f} deliveries/s, CPU s "
+        lines.append(f"scale-out {r['config']:22}: {r['delivered_per_s']:,.0f} deliveries/s "
+                     f"({r['broker_messages_per_published']:.2f} broker messages per published), CPU s "
                      f"replicas {sum(r['replica_cpu_s']):.2f} redis {r['redis_cpu_s']:.2f} nginx "
                      f"{r['nginx_cpu_s']:.2f} -> {r['deliveries_per_cpu_s']:,} deliveries per CPU-second; "
                      f"keys per shard {r['keys_per_shard']}, sharded {r['sharded']}, "
