@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import codecs
 import http
 import itertools
@@ -66,6 +67,8 @@ HANDSHAKE_TIMEOUT = 15.0
 RETRYABLE_CLOSES = {1001, 1006, 1011, 1012, 1013}  # going away, lost, server error, restart, try later
 RETRYABLE_STATUSES = {429, 502, 503, 504}  # refusals worth retrying while reconnecting
 BACKOFF_BASE, BACKOFF_MAX, JITTER = 0.5, 10.0, 0.5  # as the web page: 0.5 s doubling to 10 s, +-50%
+WHO_WAIT = 1.0  # seconds /who waits for the first count after joining
+
 HELP = ["* /help: this list", "* /who: who is here (the server's count; names seen joining since you came)",
         "* /quit: leave", "* //text: send a line that starts with /", "* anything else: sent to the room"]
 PROMPT = "> "
@@ -259,6 +262,7 @@ class Session:
         self.epoch: str | None = None
         self.last_seq: int | None = None  # the newest seq shown: resume after it
         self.count: int | None = None  # members, from the latest presence
+        self.counted = asyncio.Event()  # set once a presence frame gave a count
         self.seen: set[str] = set()  # names seen joining (and not leaving) since we came
         self.pending: dict[str, str] = {}  # cid -> text, sent and not yet echoed or rejected
         self.rejected = 0
@@ -384,6 +388,11 @@ class Session:
             if not text:
                 continue
             if text.startswith("/") and not text.startswith("//"):
+                if text.split()[0].lower() == "/who" and self.count is None:
+                    # Right after joining, our own presence (the first count) may be on its way.
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(WHO_WAIT):
+                            await self.counted.wait()
                 if self._command(text):
                     self.eof = True
                     return
@@ -464,6 +473,7 @@ class Session:
                 else:
                     self.seen.discard(frame["name"])
                 self.count = frame["count"]
+                self.counted.set()
                 self.out(format_presence(frame))
             elif kind == "error":
                 self.err(f"! {_safe(frame['code'])}: {_safe(frame['reason'])}")
