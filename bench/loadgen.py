@@ -267,7 +267,7 @@ def absorb(clients: int, size: int, seconds: float, frames: int) -> tuple[float,
 
     Returns (rate, busy share of the wall time from go to done).
     """
-    from scalechat.loadgen.config import RoomDistribution, SizeSpec, Stage
+    from scalechat.loadtest.spec import RoomDistribution, SizeSpec, StageSpec
     from scalechat.loadgen.plan import plan_stage
     from scalechat.loadgen.worker import worker_main
 
@@ -282,7 +282,7 @@ def absorb(clients: int, size: int, seconds: float, frames: int) -> tuple[float,
     worker.start()
     os.sched_setaffinity(worker.pid, {GENERATOR_CPU})
     # A rate so low that nobody sends: the worker only receives.
-    stage = Stage("absorb", 1, clients, 1e-4, SizeSpec(), seconds, WARMUP, RoomDistribution(), "constant")
+    stage = StageSpec("absorb", 1, clients, 1e-4, SizeSpec(), seconds, WARMUP, RoomDistribution(), "constant")
     rooms = plan_stage("bench", 0, stage, 1).rooms
     try:
         parent.send(("connect", 0, stage, list(rooms), f"ws://127.0.0.1:{port}/ws/{{room}}", 1000.0, 0.0))
