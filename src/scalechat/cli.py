@@ -20,6 +20,7 @@ SUBCOMMANDS = {
     "load": ("scalechat.loadgen.cli", "run a load test against a chat server"),
     "analyze": ("scalechat.analysis.cli", "summarise, plot and report load-test results"),
     "cluster": ("scalechat.cluster.cli", "a local cluster: replicas, Redis, nginx, Prometheus"),
+    "capacity": ("scalechat.capacity", "replicas, Redis shards and CPUs for a load, from measured costs"),
     "operator": ("scalechat.operator.main", "run the LoadTest Kubernetes operator (kopf)"),
 }
 

@@ -2,7 +2,8 @@
 
 Speed is never asserted: the figures must exist and be consistent, the
 clients must have received exactly what the replicas accepted, and the run
-must leave no process behind.
+must leave no process behind. The JSON must also be one ``scalechat capacity``
+can read.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from scalechat.capacity import Costs, load_of, plan
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 
@@ -91,3 +94,10 @@ def test_saturation_and_scale_out_are_measured(result):
     assert sum(two["connections_per_replica"]) == 12
     assert result["summary"]["scaleout"]["ratio"] > 0
 
+
+def test_the_capacity_model_reads_the_costs(result):
+    costs = Costs.from_document(result, "smoke")
+    assert costs.redis_message_us > 0 and costs.message_us + costs.delivery_us > 0
+    assert costs.balancer_delivery_us is not None and costs.connection_bytes is not None
+    p = plan(load_of(10_000, 3, rate_per_client=1), costs)
+    assert p.replicas >= 1 and p.shards >= 1
