@@ -1,7 +1,8 @@
 """One Redis instance's share of the rooms: batched publishes, the pub/sub reader, presence.
 
-Message path: the publishes accepted in one loop tick leave in one write, as
-one script call per ``MAX_BATCH`` messages (one round trip whatever their
+Message path: the publishes accepted within ``Settings.redis_batch_ms`` (or
+one loop tick with 0) leave in one write, as one script call per
+``MAX_BATCH`` messages (one round trip whatever their
 number; a room's batch is stored and fanned out as one ``PUBLISH``). Commands
 are pipelined on one connection, so a burst never waits for a free
 connection and none is ever refused for want of one. The pub/sub connection
@@ -128,6 +129,7 @@ class RedisShard:
         self._members: dict[str, int] = {}  # this replica's member count per room (> 0 only)
         self._queue: list[tuple[Draft, asyncio.Future]] = []
         self._flush_scheduled = False
+        self._batch_window = settings.redis_batch_ms / 1000
         self._tasks: list[asyncio.Task] = []
         self._background: set[asyncio.Task] = set()
         self._heard = 0.0  # loop time of the last pub/sub reply
@@ -257,13 +259,16 @@ class RedisShard:
     # --- publishing -----------------------------------------------------------------
 
     def publish(self, draft: Draft) -> asyncio.Future:
-        """Queue for this tick's batch; the future gets a :class:`Published` or BrokerUnavailable."""
+        """Queue for the current batch (see the module docstring); the future gets a :class:`Published` or BrokerUnavailable."""
         self._link("publish")
         future = self._loop.create_future()
         self._queue.append((draft, future))
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            self._loop.call_soon(self._flush_publishes)
+            if self._batch_window:
+                self._loop.call_later(self._batch_window, self._flush_publishes)
+            else:
+                self._loop.call_soon(self._flush_publishes)
         return future
 
     def _flush_publishes(self) -> None:

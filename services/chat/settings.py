@@ -45,6 +45,10 @@ class Settings(DeclaredSettings):
         "shards rooms over several Redis instances (every replica needs the same list, in the "
         "same order).")
     redis_prefix: str = setting("scalechat", "Prefix of every Redis key and channel.")
+    redis_batch_ms: float = setting(
+        1.0, "Publishes accepted within this window reach Redis in one script call: fewer, "
+             "larger batches cost Redis and the replica less CPU per message, for at most this "
+             "much more latency. 0: at the end of each loop tick.", minimum=0)
     history_size: int = setting(
         1000, "Messages kept per room; older ones are dropped. Memory per room is bounded by "
               "history_size x max_message_bytes.", minimum=0)
