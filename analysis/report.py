@@ -21,6 +21,7 @@ from scalechat.analysis.experiment import slo_text
 from scalechat.analysis.load import Run
 from scalechat.analysis.prometheus import ServerSide
 from scalechat.analysis.summary import COLUMNS, REPLICA_COLUMNS, SERVER_COLUMNS
+from scalechat.hostinfo import describe_server
 from scalechat.loadtest.slo import GENERATOR_BEHIND_SECONDS
 
 STYLE = """
@@ -79,6 +80,8 @@ def render(*, title: str, runs: Sequence[Run], rows: Sequence[Mapping[str, Any]]
         mine = [r for r in rows if r["config"] == run.label]
         parts.append(f"<h2>{_e(run.label)}</h2>")
         parts.append(_verdict_line(run, mine))
+        parts.append(f"<p class=\"server-line\">Measured against: "
+                     f"<b>{_e(describe_server(run.info.get('server')))}</b>.</p>")
         parts.append(_table(mine, TABLE, "summary", row_class=_row_class))
         parts.extend(_figure(f) for f in figures.get(run.label, ()) if not f.file_name.endswith("-server.png"))
     parts.append("<h2>Server side</h2>")

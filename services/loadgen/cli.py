@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from scalechat.hostinfo import describe_server
 from scalechat.loadgen.capacity import CapacitySearch, FixedStages
 from scalechat.loadgen.config import load_manifest, read_manifest
 from scalechat.loadgen.plan import RUN_ID_PATTERN, assign_workers, plan_stage
@@ -445,6 +446,7 @@ def run(args: argparse.Namespace) -> int:
     elif report.stages and not any(s.connections for s in report.stages):
         code = 1
     summary["exit_code"] = code
+    summary["server"] = describe_server(runner.server_info)
     human = sys.stderr if args.summary_json == "-" else sys.stdout
     print(summaries.render(summary, human), file=human)
     if report.capacity is not None:

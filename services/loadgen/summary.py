@@ -133,6 +133,8 @@ def render(summary: dict[str, Any], stream: Any = None) -> str:
     lines = ["  ".join(c.ljust(w) if i in text_columns else c.rjust(w)
                        for i, (c, w) in enumerate(zip(r, widths))).rstrip() for r in rows]
     lines.append("")
+    if summary.get("server"):
+        lines.append(summary["server"])
     lines.extend(f"note: {note}" for note in summary["notes"])
     stages = summary["stages"]
     failed = [s for s in stages if not s["slo"]["passed"]]

@@ -10,6 +10,7 @@ import os
 import platform
 import socket
 from pathlib import Path
+from typing import Any
 
 import scalechat
 
@@ -76,3 +77,18 @@ def _mem_total() -> int | None:
         if line.startswith("MemTotal:"):
             return int(line.split()[1]) * 1024
     return None
+
+
+def describe_server(info: dict[str, Any] | None) -> str:
+    """One line naming what a result was measured against, the server's limits first.
+
+    ``info`` is the server's ``/info`` (None when it could not be read).
+    """
+    if not info:
+        return "server: unknown (its /info could not be read): its CPU quota is not known"
+    host = info.get("host") or {}
+    quota, memory = host.get("cgroup_cpu_quota"), host.get("cgroup_memory_limit_bytes")
+    cpu = (f"CPU quota {quota:g}" if quota else
+           f"no CPU quota ({host.get('cpu_usable') or host.get('cpu_count') or '?'} CPUs usable)")
+    limit = f"memory limit {memory / 2**20:.0f} MiB" if memory else "no memory limit"
+    return f"server {info.get('node', '?')}: {cpu}, {limit}; {host.get('cpu_model') or '?'}"
