@@ -49,7 +49,7 @@ import uvloop
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from slowloris import Attacker  # noqa: E402  (a sibling script, not a package)
+from slowloris import Attacker, free_port  # noqa: E402  (a sibling script, not a package)
 
 SERVER_CORE, CLIENT_CORE = 0, 1
 EMOJI_TEXT = "\U0001F600" * 4000
@@ -74,12 +74,6 @@ class Result:
     slow_consumers: int
     server_cpu: float  # share of its core over the attack
     attack_note: str
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(budget: int) -> tuple[subprocess.Popen, int, int]:
