@@ -23,6 +23,14 @@ One run measures, each figure against a baseline from the same run:
    ``--random-routing`` adds 2 + 2 behind nginx's random balancing, where a
    room's members spread over the replicas and each of them takes the room's
    messages from Redis (``broker_messages_per_published``).
+4. **busy shard** (``--busy-seconds``): Redis CPU per message when Redis is the
+   busy part, as a shard planned near its capacity runs. ``bench/redis_publisher.py``,
+   the replica's own broker code without WebSockets, pinned to the replicas'
+   core, publishes to 100 rooms as fast as it can for that long. Beside it, the
+   host's cost of one Redis wake-up: Redis CPU per ``PING`` sent 1,000 times a
+   second. A lightly loaded Redis sleeps between calls, and on a virtual machine
+   each sleep and wake-up costs tens of microseconds that a busy Redis does not
+   pay: the fixed runs' "Redis us/msg" holds that cost, the busy figure does not.
 
 Placement, pinned with ``taskset``: the replicas on one core, and the generator
 (this process), Redis and nginx on the other. Each component's CPU is read on
@@ -270,6 +278,45 @@ async def saturation_run(opt: Options, scenario: tuple[int, int], broker: str) -
             "check": check}
 
 
+async def busy_shard_run(opt: Options, seconds: float) -> dict:
+    """Redis CPU per message with Redis busy (see the module docstring, 4)."""
+    server, support = opt.cores
+    shard = components.start_redis(0, support, opt.run_dir / "busy-shard")
+    try:
+        await asyncio.sleep(0.2)
+        cpu0, t0 = shard.info_cpu(), time.perf_counter()
+        await asyncio.sleep(opt.idle_seconds)
+        idle = (shard.info_cpu() - cpu0) / (time.perf_counter() - t0)
+        cpu0, t0 = shard.info_cpu(), time.perf_counter()
+        pings = 0
+        while pings < 1000 * opt.idle_seconds:  # ~1,000 PINGs/s: one wake-up each
+            shard.client.ping()
+            pings += 1
+            await asyncio.sleep(0.001)
+        ping_s = time.perf_counter() - t0
+        wake_us = ((shard.info_cpu() - cpu0) - idle * ping_s) / pings * 1e6
+        argv = ["taskset", "-c", str(server), sys.executable, str(HERE / "redis_publisher.py"),
+                "--redis-url", shard.url, "--seconds", str(seconds)]
+        cpu0, t0 = shard.info_cpu(), time.perf_counter()
+        proc = await asyncio.create_subprocess_exec(*argv, stdout=subprocess.PIPE)
+        out, _ = await asyncio.wait_for(proc.communicate(), seconds + 30)
+        elapsed = time.perf_counter() - t0
+        redis_s = shard.info_cpu() - cpu0
+        if proc.returncode:
+            raise RuntimeError(f"bench/redis_publisher.py exited with {proc.returncode}")
+        run = json.loads(out)
+    finally:
+        shard.stop()
+    published = max(run["published"], 1)
+    return {"rooms": 100, "seconds": run["seconds"], "published": run["published"],
+            "refused_unavailable": run["refused"], "fanned_out": run["fanned_out"],
+            "messages_per_s": round(run["published"] / run["seconds"]),
+            "redis_cpu_percent": round(100 * redis_s / elapsed, 1),
+            "redis_net_cpu_us_per_message": round((redis_s - idle * elapsed) / published * 1e6, 2),
+            "redis_idle_cpu_percent": round(100 * idle, 2),
+            "redis_cpu_us_per_wake_up": round(wake_us, 1)}
+
+
 async def scaleout_run(opt: Options, scenario: tuple[int, int], count: int,
                        routing: str = "room-hash") -> dict:
     rooms, per_room = scenario
@@ -361,6 +408,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--random-routing", action="store_true",
         help="also 2 replicas + 2 shards behind nginx's random balancing: a room's members spread "
              "over the replicas, and each replica with a member takes the room's messages")
+    add("--busy-seconds", type=float, default=4.0,
+        help="busy-shard run: Redis CPU per message with Redis busy; 0 skips (default 4)")
     add("--json", type=Path, default=REPO / "build" / "bench" / "scaleout.json")
     add("--run-dir", type=Path, default=REPO / "build" / "bench" / "scaleout-run",
         help="logs and Redis folders of the run")
@@ -373,6 +422,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("load", "saturation_start", "idle_seconds"):
         if not getattr(args, name) > 0:
             parser.error(f"--{name.replace('_', '-')} must be > 0")
+    if not 0 <= args.busy_seconds <= MAX_SECONDS:
+        parser.error(f"--busy-seconds must be between 0 and {MAX_SECONDS:g} (0 skips it)")
     if args.scaleout_load < 0:
         parser.error("--scaleout-load must be >= 0 (0 skips the scale-out runs)")
     if not args.step_factor > 1:
@@ -384,7 +435,7 @@ def budget(args: argparse.Namespace) -> float:
     """An upper bound of the run's duration: it stops itself after this."""
     per_run = 25 + args.warm_up + args.idle_seconds + args.seconds + 15  # start, settle, stop
     return (2 * len(args.scenarios) * per_run + 2 * (per_run + args.steps * args.step_seconds)
-            + 3 * per_run)
+            + 3 * per_run + args.busy_seconds + 2 * args.idle_seconds + 60)
 
 
 async def measure(args: argparse.Namespace, opt: Options) -> dict:
@@ -402,7 +453,13 @@ async def measure(args: argparse.Namespace, opt: Options) -> dict:
             scaleout.append(await scaleout_run(opt, args.scaleout_scenario, count, routing))
             print(f"  scale-out {scaleout[-1]['config']}: {scaleout[-1]['deliveries_per_cpu_s']:,} "
                   "deliveries per CPU-second", flush=True)
-    return {"fixed": fixed, "saturation": saturation, "scaleout": scaleout}
+    busy = None
+    if args.busy_seconds:
+        busy = await busy_shard_run(opt, args.busy_seconds)
+        print(f"  busy shard: {busy['messages_per_s']:,} messages/s at {busy['redis_cpu_percent']}% "
+              f"of Redis' core, {busy['redis_net_cpu_us_per_message']} us each; one wake-up "
+              f"{busy['redis_cpu_us_per_wake_up']} us", flush=True)
+    return {"fixed": fixed, "saturation": saturation, "scaleout": scaleout, "busy_shard": busy}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -437,8 +494,9 @@ def main(argv: list[str] | None = None) -> None:
         result = uvloop.run(asyncio.wait_for(measure(args, opt), limit))
     except TimeoutError:
         raise SystemExit(f"the run exceeded its {limit:.0f} s budget; logs in {args.run_dir}") from None
-    result["summary"] = summarize(result["fixed"], result["saturation"], result["scaleout"])
-    result["costs"] = costs(result["fixed"], result["scaleout"], history_size)
+    result["summary"] = summarize(result["fixed"], result["saturation"], result["scaleout"],
+                                  result["busy_shard"])
+    result["costs"] = costs(result["fixed"], result["scaleout"], history_size, result["busy_shard"])
     print(report(result))
     host["loadavg_start"], host["loadavg_end"] = load_start, os.getloadavg()
     document = {"benchmark": "scaleout", "format": 1,
@@ -453,7 +511,8 @@ def main(argv: list[str] | None = None) -> None:
                             "step_factor": args.step_factor,
                             "scaleout_scenario": "x".join(map(str, args.scaleout_scenario)),
                             "scaleout_load": args.scaleout_load,
-                            "random_routing": args.random_routing},
+                            "random_routing": args.random_routing,
+                            "busy_seconds": args.busy_seconds},
                 **result}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(document, indent=1) + "\n")

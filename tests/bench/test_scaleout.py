@@ -51,7 +51,7 @@ def result(tmp_path_factory) -> dict:
          "--idle-seconds", "0.2", "--load", "300", "--scenarios", "4x3",
          "--saturation-scenario", "4x3", "--saturation-start", "150", "--steps", "2",
          "--step-seconds", "0.5", "--scaleout-scenario", "4x3", "--scaleout-load", "150",
-         "--json", str(out), "--run-dir", str(folder / "run")],
+         "--busy-seconds", "0.5", "--json", str(out), "--run-dir", str(folder / "run")],
         cwd=folder, capture_output=True, text=True, timeout=100)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert processes_in(folder) == []
@@ -93,6 +93,15 @@ def test_saturation_and_scale_out_are_measured(result):
         assert run["nginx_cpu_s"] >= 0 and len(run["keys_per_shard"]) == run["shards"]
     assert sum(two["connections_per_replica"]) == 12
     assert result["summary"]["scaleout"]["ratio"] > 0
+
+
+def test_a_busy_shard_is_measured_through_the_replicas_broker_code(result):
+    busy = result["busy_shard"]
+    assert busy["published"] > 0 and busy["refused_unavailable"] == 0
+    assert busy["fanned_out"] == busy["published"]  # the subscribed broker got each one back
+    assert busy["redis_net_cpu_us_per_message"] > 0 and busy["redis_cpu_us_per_wake_up"] > 0
+    assert "redis_cpu_us_per_message_busy" in result["summary"]["met"]
+    assert result["costs"]["redis_cpu_us_per_message"]["scenario"].startswith("busy shard")
 
 
 def test_the_capacity_model_reads_the_costs(result):
