@@ -25,13 +25,17 @@ cluster: $(STAMP) apt-test
 cluster-down: $(STAMP)
 	$(BIN)/scalechat cluster down
 
-# The C extensions are built by the editable install: a change to them reinstalls.
-$(STAMP): pyproject.toml $(wildcard services/*/*.c)
+# The root distribution (src/scalechat, the shared core) and one per service folder,
+# as pyproject.toml's [tool.scalechat] members lists them; each editable install is a
+# plain .pth entry. The C extensions are built by it: a change to them reinstalls.
+MEMBERS := services/chat services/loadgen analysis operator
+
+$(STAMP): pyproject.toml $(MEMBERS:%=%/pyproject.toml) $(wildcard services/loadgen/scalechat/loadgen/*.c)
 	@command -v cc >/dev/null || { [ "$$(id -u)" = 0 ] && (apt-get update -q && $(APT) gcc libc6-dev) >/dev/null; } \
 	  || echo "no C compiler: the load generator falls back to its slower pure-Python path"
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip "setuptools>=74.1"
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test]' $(MEMBERS:%=-e ./%)
 	touch $(STAMP)
 
 # Installs missing Debian packages (needs root, as in CI); says what is missing otherwise.

@@ -46,7 +46,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fanout import cpu_seconds, free_port, process_tree, write_syscalls  # noqa: E402  (a sibling script, not a package)
+from fanout import cpu_seconds, free_port, process_tree, write_syscalls
 
 SERVER_CPU, GENERATOR_CPU = 0, 1
 WARMUP = 0.5
@@ -135,7 +135,7 @@ async def trivial(url: str, clients: int, room_size: int, rate: float, seconds: 
     clients_ = []
     for k in range(clients):
         parts = urlsplit(url.format(room=f"bench-trivial-{k // room_size}"))
-        _, proto = await loop.create_connection(lambda: RawClient(f"{parts.path}?name=t{k}", parts.port, counter),
+        _, proto = await loop.create_connection(lambda parts=parts, k=k: RawClient(f"{parts.path}?name=t{k}", parts.port, counter),
                                                 parts.hostname, parts.port)
         await proto.upgraded
         clients_.append(proto)
@@ -173,7 +173,7 @@ def run_trivial_child(url: str, clients: int, room_size: int, rate: float, secon
 class Pusher(asyncio.Protocol):
     """Fake chat server: history frame, then server-format message frames as fast as the socket takes them."""
 
-    conns: list["Pusher"] = []
+    conns: list[Pusher] = []
 
     def __init__(self, shared: dict) -> None:
         self.shared, self.head, self.paused, self.transport = shared, b"", False, None
@@ -353,7 +353,7 @@ def real_run(k: int, rate: float, size: int, secs: float, commands: list[str]) -
     server = Server()
     commands.append(" ".join(server.cmd))
     out = Path(tempfile.mkdtemp(prefix="bench-loadgen-"))
-    cmd = [PY, "-m", "scalechat.loadgen.cli", "--url", f"ws://127.0.0.1:{server.port}/ws/{{room}}",
+    cmd = [PY, "-m", "scalechat.loadgen.load_cli", "--url", f"ws://127.0.0.1:{server.port}/ws/{{room}}",
            "--clients-per-room", str(k), "--rate", f"{rate:g}", "--duration", f"{secs + 1:g}", "--warmup", "1",
            "--drain", "0", "--workers", "1", "--size", str(size), "--out", str(out)]
     commands.append("taskset -c 1 " + " ".join(cmd))

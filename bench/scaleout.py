@@ -57,7 +57,6 @@ import heapq
 import json
 import os
 import random
-import shlex
 import shutil
 import signal
 import subprocess
@@ -73,12 +72,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import components  # noqa: E402  (sibling scripts, not a package)
 from components import Stack  # noqa: E402
+from document import Run, git_facts  # noqa: E402
 from fanout import Generator, Sleeper  # noqa: E402
 from scaleout_report import FIXED_HEAD, costs, fixed_row, report, summarize, window  # noqa: E402
 
-import scalechat  # noqa: E402
 from scalechat.chat.settings import Settings  # noqa: E402
-from scalechat.hostinfo import host_facts  # noqa: E402
 
 REPO = HERE.parent
 MESSAGE, ERROR = b'{"type":"message"', b'{"type":"error"'
@@ -357,16 +355,6 @@ async def scaleout_run(opt: Options, scenario: tuple[int, int], count: int,
 # --- the run ---------------------------------------------------------------------------
 
 
-def git_facts(root: Path) -> dict:
-    def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
-                              timeout=30).stdout.strip()
-
-    dirty = git("status", "--porcelain", "--", "services", "src").splitlines()
-    return {"root": str(root), "commit": git("rev-parse", "HEAD") or None,
-            "subject": git("log", "-1", "--format=%s") or None, "dirty_paths": dirty}
-
-
 def versions() -> dict:
     redis = subprocess.run([components.find_program("redis-server"), "--version"],
                            capture_output=True, text=True).stdout.split()
@@ -465,23 +453,20 @@ async def measure(args: argparse.Namespace, opt: Options) -> dict:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     available = sorted(os.sched_getaffinity(0))
-    facts = host_facts()  # before this process is pinned to one core
+    run = Run("scaleout", __file__, argv)  # host facts before this process is pinned to one core
     if len(available) < 2:
         raise SystemExit("bench/scaleout.py needs 2 cores: replicas on one, the rest on the other")
     support, server = available[0], available[1]  # the generator on the first, replicas on the second
     os.sched_setaffinity(0, {support})
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds: every process is stopped
-    command = shlex.join([sys.executable, os.path.relpath(__file__),
-                          *(sys.argv[1:] if argv is None else argv)])
     history_size = Settings().history_size
-    started, load_start = time.time(), os.getloadavg()
-    host = {**facts, **versions(), "code": git_facts(Path(scalechat.__file__).resolve().parents[2]),
-            "bench_commit": git_facts(REPO)["commit"],
-            "placement": {"replicas": f"core {server}, alone",
-                          "generator, redis, nginx": f"core {support}"}}
+    host = run.host
+    host.update(versions(), bench_commit=git_facts(REPO)["commit"],
+                placement={"replicas": f"core {server}, alone",
+                           "generator, redis, nginx": f"core {support}"})
     changed = host["code"]["dirty_paths"]
-    print(f"command: {command}\nhost: {host['cpu_model']}, {host['cpu_usable']} cores, load average "
-          f"{' '.join(f'{x:.2f}' for x in load_start)}; code {host['code']['commit']}"
+    print(f"command: {run.command}\nhost: {host['cpu_model']}, {host['cpu_usable']} cores, load average "
+          f"{' '.join(f'{x:.2f}' for x in host['loadavg_start'])}; code {host['code']['commit']}"
           + (f" with changes in {len(changed)} file(s)" if changed else "")
           + f"; replicas on core {server}, generator, Redis and nginx on core {support}", flush=True)
     shutil.rmtree(args.run_dir, ignore_errors=True)  # the logs of this run only
@@ -498,24 +483,16 @@ def main(argv: list[str] | None = None) -> None:
                                   result["busy_shard"])
     result["costs"] = costs(result["fixed"], result["scaleout"], history_size, result["busy_shard"])
     print(report(result))
-    host["loadavg_start"], host["loadavg_end"] = load_start, os.getloadavg()
-    document = {"benchmark": "scaleout", "format": 1,
-                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-                "date": time.strftime("%Y-%m-%d", time.localtime(started)),
-                "duration_s": round(time.time() - started, 1), "command": command, "host": host,
-                "options": {"seconds": args.seconds, "warm_up": args.warm_up,
-                            "idle_seconds": args.idle_seconds, "load": args.load,
-                            "saturation_scenario": "x".join(map(str, args.saturation_scenario)),
-                            "saturation_start": args.saturation_start,
-                            "steps": args.steps, "step_seconds": args.step_seconds,
-                            "step_factor": args.step_factor,
-                            "scaleout_scenario": "x".join(map(str, args.scaleout_scenario)),
-                            "scaleout_load": args.scaleout_load,
-                            "random_routing": args.random_routing,
-                            "busy_seconds": args.busy_seconds},
-                **result}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(document, indent=1) + "\n")
+    run.write(args.json, {"seconds": args.seconds, "warm_up": args.warm_up,
+                          "idle_seconds": args.idle_seconds, "load": args.load,
+                          "saturation_scenario": "x".join(map(str, args.saturation_scenario)),
+                          "saturation_start": args.saturation_start,
+                          "steps": args.steps, "step_seconds": args.step_seconds,
+                          "step_factor": args.step_factor,
+                          "scaleout_scenario": "x".join(map(str, args.scaleout_scenario)),
+                          "scaleout_load": args.scaleout_load,
+                          "random_routing": args.random_routing,
+                          "busy_seconds": args.busy_seconds}, result)
     print(f"wrote {args.json}")
 
 

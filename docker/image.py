@@ -292,7 +292,7 @@ def prune(keep: str | None = None, log=print) -> None:
 
 _INSTALLED = """
 import hashlib, json, pathlib, scalechat
-root = pathlib.Path(scalechat.__file__).parent
+root = pathlib.Path(next(iter(scalechat.__path__)))  # a namespace package: one folder once installed
 print(json.dumps({str(p.relative_to(root.parent)): hashlib.sha256(p.read_bytes()).hexdigest()
                   for p in sorted(root.rglob('*')) if p.is_file()
                   and '__pycache__' not in p.parts and p.suffix not in ('.so', '.pyc')}))
@@ -306,27 +306,20 @@ def installed_sources(image: str) -> dict[str, str]:
     return json.loads(result.stdout)
 
 
-def package_dirs() -> dict[str, Path]:
-    """Each package of pyproject.toml and its folder in the checkout."""
-    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
-    mapping = setuptools["package-dir"]
-    out = {}
-    for package in setuptools["packages"]:
-        parent = max((p for p in mapping if package == p or package.startswith(p + ".")), key=len)
-        out[package] = REPO / mapping[parent] / package[len(parent):].lstrip(".").replace(".", "/")
-    return out
+def source_roots() -> list[Path]:
+    """The folders holding a portion of the ``scalechat`` namespace: src/ and each member."""
+    members = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["scalechat"]["members"]
+    return [REPO / "src", *(REPO / m for m in members)]
 
 
 def checkout_sources() -> tuple[dict[str, Path], set[str]]:
     """(installed path -> checkout file, the installed paths of every module in the checkout)."""
-    files, modules = {}, set()
-    for package, folder in package_dirs().items():
-        prefix = package.replace(".", "/")
-        for path in folder.rglob("*"):
+    files = {}
+    for root in source_roots():
+        for path in (root / "scalechat").rglob("*"):
             if path.is_file() and "__pycache__" not in path.parts:
-                files[f"{prefix}/{path.relative_to(folder)}"] = path
-        modules |= {f"{prefix}/{p.name}" for p in folder.glob("*.py")}
-    return files, modules
+                files[str(path.relative_to(root))] = path
+    return files, {rel for rel in files if rel.endswith(".py")}
 
 
 def source_mismatches(installed: dict[str, str]) -> list[str]:

@@ -93,7 +93,7 @@ class RawWebSocket:
 
     @classmethod
     async def open(cls, port: int, path: str, *, pipelined: bytes = b"",
-                   timeout: float = 5.0) -> "RawWebSocket":
+                   timeout: float = 5.0) -> RawWebSocket:
         """Upgrade (``pipelined`` goes in the same write as the request); assert the 101."""
         loop = asyncio.get_running_loop()
         sock = socket.socket()

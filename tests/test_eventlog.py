@@ -264,7 +264,8 @@ def test_encode_rows_matches_percent_formatting():
                             *(rng.integers(0, MAX_ID + 1, n) for _ in range(3)),
                             rng.integers(0, MAX_NS, n, endpoint=True),
                             rng.integers(0, MAX_NS, n, endpoint=True)]).astype(np.int64)
-    expected = "".join("%c,%05d,%07d,%07d,%07d,%019d,%019d\n" % tuple(row) for row in rows.tolist())
+    expected = "".join("%c,%05d,%07d,%07d,%07d,%019d,%019d\n" % tuple(row)  # noqa: UP031  (printf, as the C encoder)
+                       for row in rows.tolist())
     assert encode_rows(rows) == expected.encode()
 
 

@@ -4,7 +4,7 @@ import re
 from pathlib import Path
 
 from scalechat.chat.settings import settings_table
-from scalechat.operator.settings import README_MARKER, OperatorConfig
+from scalechat.loadtest_operator.settings import README_MARKER, OperatorConfig
 from scalechat.settings import marked_block
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -22,7 +22,7 @@ def test_operator_settings_table_matches_its_settings():
     table = marked_block(README.read_text(), README_MARKER)
     assert table is not None, "README lost its operator settings table markers"
     assert table.strip() == OperatorConfig.table().strip(), (
-        "README operator settings table is stale: run `python -m scalechat.operator.settings --readme`")
+        "README operator settings table is stale: run `python -m scalechat.loadtest_operator.settings --readme`")
 
 
 def test_quick_start_names_the_two_commands():

@@ -4,7 +4,7 @@
 declaration of the manifest that ``scalechat load -f`` reads, so ``kubectl
 apply`` and ``scalechat load`` accept the same documents, plus the fields only
 the operator reads (``image``, ``resources``: ``OPERATOR_FIELDS`` in
-operator/jobs.py). One change is made for the API server:
+operator/scalechat/loadtest_operator/jobs.py). One change is made for the API server:
 ``additionalProperties: false`` is dropped wherever ``properties`` are listed,
 because a CRD schema may not have both ("mutual exclusive"); the API server
 prunes unknown fields instead, and kubectl's default server-side field

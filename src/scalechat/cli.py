@@ -11,17 +11,17 @@ import argparse
 import importlib
 import sys
 
-from scalechat import __version__
+from scalechat.version import __version__
 
 # name: (module providing add_arguments/run, help)
 SUBCOMMANDS = {
     "serve": ("scalechat.chat.serve_cli", "run the chat server"),
-    "chat": ("scalechat.chat.client", "chat in a room from the terminal"),
-    "load": ("scalechat.loadgen.cli", "run a load test against a chat server"),
-    "analyze": ("scalechat.analysis.cli", "summarise, plot and report load-test results"),
-    "cluster": ("scalechat.cluster.cli", "a local cluster: replicas, Redis, nginx, Prometheus"),
-    "capacity": ("scalechat.capacity", "replicas, Redis shards and CPUs for a load, from measured costs"),
-    "operator": ("scalechat.operator.main", "run the LoadTest Kubernetes operator (kopf)"),
+    "chat": ("scalechat.chat.chat_cli", "chat in a room from the terminal"),
+    "load": ("scalechat.loadgen.load_cli", "run a load test against a chat server"),
+    "analyze": ("scalechat.analysis.analyze_cli", "summarise, plot and report load-test results"),
+    "cluster": ("scalechat.cluster.cluster_cli", "a local cluster: replicas, Redis, nginx, Prometheus"),
+    "capacity": ("scalechat.capacity_cli", "replicas, Redis shards and CPUs for a load, from measured costs"),
+    "operator": ("scalechat.loadtest_operator.operator_cli", "run the LoadTest Kubernetes operator (kopf)"),
 }
 
 

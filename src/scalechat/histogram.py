@@ -136,7 +136,8 @@ class HistogramConfig:
         # ufuncs rather than np.clip, whose wrapper costs microseconds per call.
         np.maximum(idx, 0, out=idx)
         np.minimum(idx, self.n_buckets - 1, out=idx)
-        return idx
+        indices: np.ndarray = idx
+        return indices
 
     def to_dict(self) -> dict[str, float]:
         """The fields, JSON-safe; ``HistogramConfig(**d)`` rebuilds an equal config."""
@@ -337,7 +338,8 @@ class LogHistogram:
         out = np.clip(self._config.bucket_value(index), self._min, self._max)
         out[rank == 1] = self._min
         out[rank == n] = self._max
-        return out.reshape(q.shape)
+        shaped: np.ndarray = out.reshape(q.shape)
+        return shaped
 
     # -- merging -------------------------------------------------------------
 
@@ -405,6 +407,7 @@ class LogHistogram:
         raw_config, names = data.get("config"), {field.name for field in fields(HistogramConfig)}
         _check(isinstance(raw_config, dict) and set(raw_config) == names,
                f"config must have exactly the keys {sorted(names)}")
+        assert isinstance(raw_config, dict)  # checked above
         histogram = cls(HistogramConfig(**raw_config))
 
         index = _int_list(data, "bucket_index", minimum=0)
@@ -447,6 +450,7 @@ def _check(condition: bool, problem: str) -> None:
 def _int_value(data: dict[str, Any], key: str) -> int:
     value = data.get(key)
     _check(type(value) is int and value >= 0, f"{key} must be an int >= 0, got {value!r}")
+    assert isinstance(value, int)
     return value
 
 
@@ -454,6 +458,7 @@ def _int_list(data: dict[str, Any], key: str, minimum: int) -> list[int]:
     values = data.get(key)
     _check(isinstance(values, list) and all(type(v) is int and v >= minimum for v in values),
            f"{key} must be a list of ints >= {minimum}")
+    assert isinstance(values, list)
     return values
 
 
@@ -461,4 +466,5 @@ def _float_value(data: dict[str, Any], key: str) -> float:
     value = data.get(key)
     _check(not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value),
            f"{key} must be a finite number, got {value!r}")
+    assert isinstance(value, (int, float))
     return float(value)

@@ -12,7 +12,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-import scalechat
+from scalechat.version import __version__
 
 
 def _read(path: str) -> str | None:
@@ -68,7 +68,7 @@ def host_facts() -> dict[str, object]:
         "memory_total_bytes": _mem_total(),
         "kernel": platform.release(),
         "python": platform.python_version(),
-        "scalechat": scalechat.__version__,
+        "scalechat": __version__,
     }
 
 

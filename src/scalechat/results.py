@@ -145,7 +145,7 @@ class StageResult:
     late: int = 0  # arrived after the stage and its drain window
     connections: int = 0
     connect_errors: int = 0
-    errors: Counter = field(default_factory=Counter)  # by kind, e.g. "rate_limited", "close_1013"
+    errors: Counter[str] = field(default_factory=Counter)  # by kind, e.g. "rate_limited", "close_1013"
     echo: LogHistogram = field(default_factory=LogHistogram)
     delivery: LogHistogram = field(default_factory=LogHistogram)
     send_lag_max: float = 0.0  # seconds: the furthest a measured send fell behind its timetable
@@ -155,7 +155,7 @@ class StageResult:
     def delivery_ratio(self) -> float:
         return self.received / self.expected if self.expected else 1.0
 
-    def merge(self, other: "StageResult") -> None:
+    def merge(self, other: StageResult) -> None:
         if other.index != self.index:
             raise ValueError(f"cannot merge stage {other.index} into stage {self.index}")
         for name in COUNT_FIELDS:
@@ -181,7 +181,7 @@ class StageResult:
         return out
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "StageResult":
+    def from_dict(cls, data: dict[str, Any]) -> StageResult:
         return cls(index=int(data["index"]), name=str(data["name"]),
                    started_at=float(data["started_at"]), ended_at=float(data["ended_at"]),
                    **{name: int(data[name]) for name in COUNT_FIELDS},

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scalechat.analysis import cli
+from scalechat.analysis import analyze_cli
 from scalechat.histogram import LogHistogram
 from scalechat.hostinfo import host_facts
 from scalechat.results import StageResult, Timeline, write_json_atomic, write_shard
@@ -56,7 +56,7 @@ def write_results_dir(path: Path, stages: list[KnownStage], *, shards: int = 2, 
     for shard in range(shards):
         results = []
         for index, stage in enumerate(stages):
-            def part(n: int) -> int:
+            def part(n: int, shard: int = shard) -> int:
                 return n // shards + (1 if shard < n % shards else 0)
             delivery, echo = LogHistogram(), LogHistogram()
             delivery.record_many(stage.delivery[shard::shards])
@@ -107,7 +107,7 @@ class Outcome:
 def analyze(capsys):
     """``analyze(*argv)`` runs ``scalechat analyze`` in this process -> Outcome."""
     def run(*argv: str | Path) -> Outcome:
-        code = cli.main([str(a) for a in argv])
+        code = analyze_cli.main([str(a) for a in argv])
         captured = capsys.readouterr()
         return Outcome(code, captured.out, captured.err)
     return run

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from scalechat.analysis import cli, summary
+from scalechat.analysis import analyze_cli, summary
 from scalechat.analysis.load import load
 from scalechat.eventlog import EventLogWriter
 
@@ -33,7 +33,7 @@ def report(tmp_path_factory, make_stages, write_results):
     tuned = write_results(base / "tuned", make_stages(2, 0.5), shards=3, name="tuned", interrupted=True)
     out = base / "out"
     with contextlib.redirect_stdout(io.StringIO()) as stdout:
-        code = cli.main([str(baseline), str(tuned), "--out", str(out), "--title", "Fixture <b>run</b>"])
+        code = analyze_cli.main([str(baseline), str(tuned), "--out", str(out), "--title", "Fixture <b>run</b>"])
     return SimpleNamespace(code=code, out=out, stages=stages, stdout=stdout.getvalue())
 
 
@@ -206,7 +206,7 @@ def test_a_bad_event_log_names_file_and_line(tmp_path, analyze):
 
 
 def test_python_m_entry_point_reports_bad_input_without_traceback(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "scalechat.analysis.cli", str(tmp_path / "missing")],
+    result = subprocess.run([sys.executable, "-m", "scalechat.analysis.analyze_cli", str(tmp_path / "missing")],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr == (f"scalechat analyze: {tmp_path / 'missing'}: "
@@ -257,7 +257,7 @@ def test_event_logs_of_one_run_merge_and_a_single_log_stands_alone(tmp_path, ana
 
 
 def test_analysis_imports_nothing_from_the_services():
-    code = ("import sys, scalechat.analysis.cli; "
+    code = ("import sys, scalechat.analysis.analyze_cli; "
             "bad = [m for m in sys.modules if m.startswith(('scalechat.chat', 'scalechat.loadgen'))]; "
             "print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -95,7 +95,7 @@ class Helm:
     def template_text(self, **kwargs: Any) -> str:
         return self.run(*self.template_args(**kwargs)).stdout
 
-    def template(self, **kwargs: Any) -> "Objects":
+    def template(self, **kwargs: Any) -> Objects:
         """Rendered objects (empty documents dropped), each with its source template under '_source'."""
         return _render_cached(self, _freeze(kwargs))
 
@@ -136,7 +136,7 @@ def _freeze(kwargs: dict[str, Any]) -> tuple:
     return tuple(sorted((k, tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in kwargs.items()))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _render_cached(helm: Helm, frozen: tuple) -> Objects:
     text = helm.template_text(**dict(frozen))
     return split_manifest(text)
@@ -231,7 +231,7 @@ def _validate_prometheus_operator(doc: dict[str, Any]) -> None:
         raise AssertionError(f"{doc['kind']} has fields its API does not define: {unknown}")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def subset_schema(name: str) -> dict[str, Any]:
     return json.loads((SCHEMAS / f"{name}.json").read_text())
 
@@ -242,7 +242,7 @@ def _validate_subset(name: str):
     return validate
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def loadtest_crd() -> dict[str, Any]:
     return yaml.safe_load((CHART / "crds" / "loadtest.yaml").read_text())
 

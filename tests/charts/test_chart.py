@@ -547,7 +547,7 @@ def test_every_kubernetes_call_in_the_operator_is_granted_by_its_role(render):
     role = render(values=values_file("multi-replica")).one("Role", "scalechat-operator")
     granted = {(g, res, v) for r in role["rules"] for g in r["apiGroups"] for res in r["resources"] for v in r["verbs"]}
     calls = set()
-    for source in (REPO / "operator").glob("*.py"):
+    for source in (REPO / "operator" / "scalechat" / "loadtest_operator").glob("*.py"):
         for verb, kind, status in API_CALL.findall(source.read_text()):
             resource = kind.replace("_", "") + "s" + ("/status" if status else "")
             calls.add((GROUPS[resource.split("/")[0]], resource, VERBS[verb]))
@@ -556,7 +556,7 @@ def test_every_kubernetes_call_in_the_operator_is_granted_by_its_role(render):
 
 
 def test_the_operator_environment_is_accepted_by_its_settings(render):
-    from scalechat.operator.settings import OperatorConfig
+    from scalechat.loadtest_operator.settings import OperatorConfig
     for values in (values_file("multi-replica"), values_file("gateway-api")):
         objects = render(values=values)
         container = pod_spec(objects.one("Deployment", "scalechat-operator"))["containers"][0]
@@ -582,7 +582,7 @@ def test_the_operator_environment_is_accepted_by_its_settings(render):
 def test_the_operator_command_line_is_accepted_by_scalechat_operator(render, name, scope):
     import argparse
 
-    from scalechat.operator.main import add_arguments
+    from scalechat.loadtest_operator.operator_cli import add_arguments
     args = pod_spec(render(values=values_file(name)).one("Deployment", "scalechat-operator"))["containers"][0]["args"]
     assert args[0] == "operator"
     parser = argparse.ArgumentParser(exit_on_error=False)

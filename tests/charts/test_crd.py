@@ -41,7 +41,7 @@ def test_the_crd_is_what_the_generator_writes_from_the_loadtest_schema():
 
 
 def test_the_crd_spec_is_the_loadtest_schema_plus_the_operators_own_fields(crd):
-    from scalechat.operator.jobs import OPERATOR_FIELDS
+    from scalechat.loadtest_operator.jobs import OPERATOR_FIELDS
     spec = _version(crd)["schema"]["openAPIV3Schema"]["properties"]["spec"]
     generator = _generator()
     loader = generator.crd_schema(openapi_schema())

@@ -60,7 +60,7 @@ def scalechat_pods(objects) -> dict[str, dict]:
 
 def loadtest_job(image: str) -> tuple[dict, dict]:
     """(Job, ConfigMap) the operator makes for the in-cluster example LoadTest."""
-    from scalechat.operator import jobs
+    from scalechat.loadtest_operator import jobs
     body = yaml.safe_load((REPO / "services" / "loadgen" / "examples" / "loadtest-in-cluster.yaml").read_text())
     body["metadata"].update(namespace="scalechat", uid="0f8e2c4a-1b2c-4d5e-8f90-a1b2c3d4e5f6")
     test = jobs.validated(body["spec"])
@@ -177,7 +177,7 @@ def test_the_chat_container_as_rendered_answers_its_probes(objects, image):
                 return None
 
         for probe in ("readinessProbe", "livenessProbe"):
-            wait_until(lambda: status(container[probe]) == 200, 30, message=f"{probe} to pass", interval=0.2)
+            wait_until(lambda probe=probe: status(container[probe]) == 200, 30, message=f"{probe} to pass", interval=0.2)
         with urllib.request.urlopen(f"http://127.0.0.1:{published['metrics'][0]}/metrics", timeout=5) as r:
             assert b"scalechat_" in r.read()
         grace = pod["terminationGracePeriodSeconds"]

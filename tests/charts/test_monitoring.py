@@ -25,7 +25,7 @@ MONITORING = ("monitoring.coreos.com/v1",)
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 
 # The names queries may use, by who exports them.
-SERVER_METRICS = {  # scalechat serve (services/chat/metrics.py) and prometheus_client's process collector
+SERVER_METRICS = {  # scalechat serve (services/chat/scalechat/chat/metrics.py) and prometheus_client's process collector
     "scalechat_connections", "scalechat_rooms", "scalechat_messages_received_total",
     "scalechat_messages_delivered_total", "scalechat_message_processing_seconds_bucket",
     "scalechat_message_processing_seconds_sum", "scalechat_message_processing_seconds_count",

@@ -142,7 +142,7 @@ async def test_history_is_capped_in_bytes_per_room_and_across_rooms_by_the_budge
     await b.start(lambda *a: None, lambda *a: None)
     try:
         for room in ("old", "mid", "new"):
-            for i in range(30):
+            for _ in range(30):
                 await publish(b, room, "x" * 200)  # ~330 stored bytes each
         assert budget.history <= 7_000 and budget.history_dropped > 0
         kept = {room: (await b.history(room, 0, None, 100)) for room in ("old", "mid", "new")}

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
-import socket
-import subprocess
 import time
 import uuid
 
@@ -136,7 +133,7 @@ async def test_two_replicas_deliver_every_message_in_the_same_order(make_broker)
                                      for i in range(40)))
     assert sorted(results) == list(range(1, 41))
     for rec in (rec_a, rec_b):
-        await eventually(lambda: len(rec.seqs("lobby")) == 40, message="40 deliveries")
+        await eventually(lambda rec=rec: len(rec.seqs("lobby")) == 40, message="40 deliveries")
     assert rec_a.seqs("lobby") == list(range(1, 41))
     assert rec_a.payloads("lobby") == rec_b.payloads("lobby")
 
@@ -289,7 +286,7 @@ async def test_presence_counts_across_replicas_and_events_are_not_stored(make_br
     assert await a.presence("p", -5) == 0  # floor at 0
     await b.publish_event("p", b'{"type":"presence"}')
     for rec in (rec_a, rec_b):
-        await eventually(lambda: rec.events == [("p", b'{"type":"presence"}')])
+        await eventually(lambda rec=rec: rec.events == [("p", b'{"type":"presence"}')])
     history = await a.history("p", None, None, 10)
     assert history.last_seq == 0 and list(history.messages) == []
     assert rec_a.messages == []

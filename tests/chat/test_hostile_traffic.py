@@ -226,7 +226,7 @@ async def test_a_join_leave_loop_costs_the_others_a_few_presence_frames_a_second
         while True:
             try:
                 frame = await watcher.receive_json(timeout=0.3)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 break
             seen += frame["type"] == "presence"
         assert loops >= 30, loops  # ~2 x loops presence events happened

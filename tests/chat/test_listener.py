@@ -61,7 +61,7 @@ async def real_client_gets_through(session: aiohttp.ClientSession, server, room:
         ws = await session.ws_connect(server.ws_url(room, "name=real"), headers=headers)
         assert json.loads((await ws.receive()).data)["type"] == "history"
         await ws.send_str(json.dumps({"type": "message", "text": "through", "cid": room}))
-        while (frame := json.loads((await ws.receive()).data)).get("cid") != room:
+        while json.loads((await ws.receive()).data).get("cid") != room:
             pass
         await ws.close()
         async with session.get(server.http_url + "/healthz") as response:
@@ -109,7 +109,7 @@ async def test_a_slow_body_and_an_idle_keep_alive_connection_are_closed_at_the_d
                  + b"x" * 10)  # answered, then the rest of the body never comes
     idle = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"  # answered, then kept alive
     streams = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(2)]
-    for (reader, writer), request in zip(streams, (slow_body, idle)):
+    for (_, writer), request in zip(streams, (slow_body, idle)):
         writer.write(request)
     for reader, writer in streams:
         async with asyncio.timeout(deadline + 3):

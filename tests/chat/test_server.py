@@ -305,10 +305,10 @@ async def test_slow_consumer_is_cut_off_without_delaying_the_others(start_server
         for i in range(first, first + count):
             start = time.perf_counter()
             await send(sender, text, cid=str(i))
-            frame = await recv_until(fast, lambda f: f.get("cid") == str(i))
+            frame = await recv_until(fast, lambda f, i=i: f.get("cid") == str(i))
             latencies.append(time.perf_counter() - start)
             assert frame["seq"] == i + 1
-            await recv_until(sender, lambda f: f.get("cid") == str(i))  # the sender reads too
+            await recv_until(sender, lambda f, i=i: f.get("cid") == str(i))  # the sender reads too
         return sorted(latencies)
 
     before = await round_trips(0, 50)

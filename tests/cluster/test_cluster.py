@@ -34,7 +34,7 @@ from scalechat.cluster.redis_server import RedisPlan
 from scalechat.cluster.state import ClusterState
 
 pytestmark = pytest.mark.timeout(60)
-CLI = [sys.executable, "-m", "scalechat.cluster.cli"]
+CLI = [sys.executable, "-m", "scalechat.cluster.cluster_cli"]
 
 
 # --- helpers --------------------------------------------------------------------------
@@ -107,7 +107,7 @@ class RoomClient:
     def cids(self) -> list[str]:
         return [m["cid"] for m in self.messages]
 
-    async def start(self) -> "RoomClient":
+    async def start(self) -> RoomClient:
         self._task = asyncio.create_task(self._run())
         await eventually(lambda: self.connected.is_set() or self._task.done(), 10,
                          f"{self.name} to join")

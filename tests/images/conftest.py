@@ -24,7 +24,7 @@ if "image_support" not in sys.modules:  # tests/charts/test_image_contract.py ma
     _spec = importlib.util.spec_from_file_location("image_support", Path(__file__).with_name("image_support.py"))
     sys.modules["image_support"] = importlib.util.module_from_spec(_spec)
     _spec.loader.exec_module(sys.modules["image_support"])
-from image_support import LIMITS, Container, cpus, image_tool, memory, podman_missing, restricted  # noqa: E402
+from image_support import LIMITS, Container, cpus, image_tool, memory, podman_missing, restricted
 
 
 @pytest.fixture(scope="session")

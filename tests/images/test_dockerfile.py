@@ -72,7 +72,7 @@ def parse_dockerfile(text: str) -> tuple[list[Instruction], list[Stage]]:
     lines = text.splitlines()
     escape = "\\"
     start = 0
-    for start, line in enumerate(lines):  # parser directives: only at the very top
+    for start, line in enumerate(lines):  # noqa: B007  (parser directives: only at the very top; start is used below)
         match = re.match(r"#\s*(\w+)\s*=\s*(\S+)\s*$", line)
         if not match:
             break
@@ -273,10 +273,13 @@ def test_the_ignore_rules_follow_docker_semantics(tmp_path):
     assert image_tool.context_files(tmp_path, tmp_path / "ignore") == ["keep/x/b.py", "src/a.py"]
 
 
+def members() -> list[str]:
+    return tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["scalechat"]["members"]
+
+
 def package_folders() -> set[str]:
-    """Top-level folders of pyproject.toml's package-dir: what the wheel is built from."""
-    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
-    return {path.split("/")[0] for path in setuptools["package-dir"].values()}
+    """Top-level folders of the namespace's portions (src/ and each member): what the wheels are built from."""
+    return {path.split("/")[0] for path in ["src", *members()]}
 
 
 def test_the_build_context_holds_exactly_what_the_image_is_built_from():
@@ -305,30 +308,42 @@ def test_every_file_the_dockerfile_copies_is_in_the_build_context(stages):
                     f"line {copy.line}: {source} is not in the build context"
 
 
-def test_the_project_builds_into_a_wheel_from_the_build_context_alone(tmp_path):
+def test_the_project_builds_into_wheels_from_the_build_context_alone(tmp_path):
     root = tmp_path / "context"
     for f in build_context():
         (root / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / f, root / f)
     result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                             "--quiet", "--wheel-dir", str(tmp_path / "wheels"), "."],
+                             "--quiet", "--wheel-dir", str(tmp_path / "wheels"), ".", *(f"./{m}" for m in members())],
                             cwd=root, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
-    (wheel,) = (tmp_path / "wheels").glob("scalechat-*.whl")
-    names = zipfile.ZipFile(wheel).namelist()
+    wheels = {w.name.split("-")[0]: zipfile.ZipFile(w) for w in (tmp_path / "wheels").glob("*.whl")}
+    assert set(wheels) == {"scalechat", "scalechat_chat", "scalechat_loadgen", "scalechat_analysis",
+                           "scalechat_operator"}
+    names = [n for w in wheels.values() for n in w.namelist()]
     for needed in ("scalechat/cli.py", "scalechat/chat/server.py", "scalechat/chat/static/index.html",
-                   "scalechat/loadgen/config.py", "scalechat/operator/main.py"):
+                   "scalechat/loadgen/config.py", "scalechat/loadtest_operator/operator_cli.py"):
         assert needed in names, needed
-    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
-    assert "scalechat = scalechat.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    # A namespace package: no wheel may own scalechat/__init__.py, or it would hide the others.
+    assert "scalechat/__init__.py" not in names
+    assert not [n for n in wheels["scalechat_chat"].namelist()
+                if n.startswith("scalechat/") and not n.startswith("scalechat/chat/")]
+    entry_points = next(n for n in wheels["scalechat"].namelist() if n.endswith("entry_points.txt"))
+    assert "scalechat = scalechat.cli:main" in wheels["scalechat"].read(entry_points).decode()
 
 
 def test_the_requirements_script_lists_the_runtime_dependencies():
     script = REPO / "docker" / "requirements.py"
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    expected = []
+    for folder in [".", *members()]:
+        for req in tomllib.loads((REPO / folder / "pyproject.toml").read_text())["project"]["dependencies"]:
+            if not req.startswith("scalechat") and req not in expected:
+                expected.append(req)
     result = subprocess.run([sys.executable, str(script), str(REPO / "pyproject.toml")],
                             capture_output=True, text=True, check=True)
-    assert result.stdout.split() == project["dependencies"]
+    assert result.stdout.split("\n")[:-1] == expected
+    assert "scalechat" not in result.stdout  # the members are built from source
+    assert {"aiohttp>=3.10", "kopf>=1.45", "matplotlib>=3.8"} <= set(expected)
     unknown = subprocess.run([sys.executable, str(script), str(REPO / "pyproject.toml"), "nosuchextra"],
                              capture_output=True, text=True)
     assert unknown.returncode != 0 and "nosuchextra" in unknown.stderr

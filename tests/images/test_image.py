@@ -41,7 +41,7 @@ def run(image: str, *args: str, volume: str | None = None, network: str = "none"
 
 def test_the_image_holds_this_checkouts_code(image):
     installed = image_tool.installed_sources(image)
-    assert "scalechat/chat/server.py" in installed and "scalechat/operator/main.py" in installed
+    assert "scalechat/chat/server.py" in installed and "scalechat/loadtest_operator/operator_cli.py" in installed
     assert image_tool.source_mismatches(installed) == []
 
 

@@ -1,7 +1,7 @@
 """Manifest files and flags: errors name the file, the flag or the field.
 
-No server here: these read files and call ``cli.main`` in-process, plus
-one real ``python -m scalechat.loadgen.cli`` run for the exit status.
+No server here: these read files and call ``load_cli.main`` in-process, plus
+one real ``python -m scalechat.loadgen.load_cli`` run for the exit status.
 (The schema and the models themselves: tests/loadtest.)
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from scalechat.loadgen import cli
+from scalechat.loadgen import load_cli
 from scalechat.loadgen.config import load_manifest
 from scalechat.loadtest.schema import ConfigError
 
@@ -65,7 +65,7 @@ def test_file_errors_name_the_file(tmp_path):
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    code = cli.main(list(argv))
+    code = load_cli.main(list(argv))
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
@@ -120,7 +120,7 @@ def test_every_missing_required_flag_is_named_at_once_with_an_example(capsys):
 
 def test_usage_shows_the_required_flags(capsys):
     with pytest.raises(SystemExit):
-        cli.main(["--help"])
+        load_cli.main(["--help"])
     usage = capsys.readouterr().out.split("\n\n")[0]
     assert "-f FILE" in usage
     assert "--url URL --clients-per-room N[,N...] --rate R[,R...] --duration S[,S...]" in usage
@@ -171,14 +171,14 @@ def test_flags_override_a_manifest(capsys):
 
 
 def test_module_entry_point_exits_2_without_traceback():
-    proc = subprocess.run([sys.executable, "-m", "scalechat.loadgen.cli", "--url", URL, "--clients-per-room",
+    proc = subprocess.run([sys.executable, "-m", "scalechat.loadgen.load_cli", "--url", URL, "--clients-per-room",
                            "3", "--rate", "-3", "--duration", "2"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr == "scalechat load: --rate: must be > 0, got -3\n"
 
 
 def test_help_documents_the_flags_and_an_example():
-    proc = subprocess.run([sys.executable, "-m", "scalechat.loadgen.cli", "--help"], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "scalechat.loadgen.load_cli", "--help"], capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 0
     for flag in ("--url", "--rooms", "--clients-per-room", "--rate", "--size", "--duration", "--warmup", "--out",

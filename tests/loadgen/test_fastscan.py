@@ -1,4 +1,4 @@
-"""The C receive path (services/loadgen/_fastscan.c) counts exactly what the Python path counts.
+"""The C receive path (services/loadgen/scalechat/loadgen/_fastscan.c) counts exactly what the Python path counts.
 
 Wire bytes go through a real ``WSClient`` (its ``data_received``, no socket)
 once with the C scan hook and once without, cut into reads at random places

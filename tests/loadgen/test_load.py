@@ -1,6 +1,6 @@
 """``scalechat load`` against a real server: exact counts, stalls, Zipf rooms, Ctrl+C, shards, capacity.
 
-Each test runs ``python -m scalechat.loadgen.cli`` as a subprocess on
+Each test runs ``python -m scalechat.loadgen.load_cli`` as a subprocess on
 127.0.0.1 with small stages (2-4 s) and reads the results directory through
 :mod:`scalechat.results`. Constant arrival with ``rate x duration`` integral
 makes ``sent`` exact, so counts can be compared with ``==``.
@@ -26,7 +26,7 @@ from scalechat.loadgen.wsclient import connect
 from scalechat.results import read_results_dir
 
 pytestmark = pytest.mark.timeout(90)
-LOAD = [sys.executable, "-m", "scalechat.loadgen.cli"]
+LOAD = [sys.executable, "-m", "scalechat.loadgen.load_cli"]
 
 
 def server_connections(server) -> int:

@@ -1,4 +1,4 @@
-"""The send loop's nanosecond timer (services/loadgen/_timer.c), on a real event loop."""
+"""The send loop's nanosecond timer (services/loadgen/scalechat/loadgen/_timer.c), on a real event loop."""
 
 from __future__ import annotations
 

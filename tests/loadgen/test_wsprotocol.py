@@ -1,4 +1,4 @@
-"""The sans-I/O side of the lean client (services/loadgen/wsprotocol.py): no sockets, no event loop."""
+"""The sans-I/O side of the lean client (services/loadgen/scalechat/loadgen/wsprotocol.py): no sockets, no event loop."""
 
 from __future__ import annotations
 

@@ -160,7 +160,7 @@ class Cluster:
     def replicas(self) -> tuple[Replica, ...]:
         return self._state.replicas
 
-    def __enter__(self) -> "Cluster":
+    def __enter__(self) -> Cluster:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -176,7 +176,7 @@ class Cluster:
            with_prometheus: bool = True, prometheus_port: int = 0,
            serve_args: Sequence[str] = (), timeout: float = START_TIMEOUT,
            nginx_bin: str | None = None, prometheus_bin: str | None = None,
-           routing: str = nginx.Routing.ROOM_HASH) -> "Cluster":
+           routing: str = nginx.Routing.ROOM_HASH) -> Cluster:
         """Start a cluster and wait until it answers; see the module docstring.
 
         ``port`` and ``prometheus_port`` 0 pick free ports. Without ``own_redis`` the
@@ -308,7 +308,7 @@ class Cluster:
     # --- the running cluster ----------------------------------------------------------
 
     @classmethod
-    def load(cls, run_dir: str | Path = DEFAULT_RUN_DIR) -> "Cluster":
+    def load(cls, run_dir: str | Path = DEFAULT_RUN_DIR) -> Cluster:
         run_dir = Path(run_dir).resolve()
         state = load(run_dir) if run_dir.is_dir() else None
         if state is None:

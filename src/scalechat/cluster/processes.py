@@ -47,7 +47,7 @@ class ProcessRecord:
                 "argv": list(self.argv), "log": self.log}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ProcessRecord":
+    def from_dict(cls, data: dict) -> ProcessRecord:
         return cls(data["name"], int(data["pid"]), int(data["started"]), tuple(data["argv"]),
                    data["log"])
 

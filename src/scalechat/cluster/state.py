@@ -46,7 +46,7 @@ class Replica:
                 "metrics_port": self.metrics_port, "process": self.process.to_dict()}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Replica":
+    def from_dict(cls, data: dict) -> Replica:
         return cls(int(data["index"]), data["node"], int(data["port"]), int(data["metrics_port"]),
                    ProcessRecord.from_dict(data["process"]))
 
@@ -98,7 +98,7 @@ class ClusterState:
     def running(self) -> list[ProcessRecord]:
         return [p for p in self.processes if is_running(p)]
 
-    def with_replica(self, replica: Replica) -> "ClusterState":
+    def with_replica(self, replica: Replica) -> ClusterState:
         replicas = list(self.replicas)
         if replica.index < len(replicas):
             replicas[replica.index] = replica
@@ -123,7 +123,7 @@ class ClusterState:
         }
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ClusterState":
+    def from_dict(cls, data: dict) -> ClusterState:
         def proc(d: dict | None) -> ProcessRecord | None:
             return None if d is None else ProcessRecord.from_dict(d)
         if "redis_servers" in data:

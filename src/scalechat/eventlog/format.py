@@ -97,7 +97,8 @@ def _ascii8(values: np.ndarray) -> np.ndarray:
     words = hundreds | ((words - hundreds * _U(100)) << _U(16))  # four lanes of 2 digits
     tens = ((words * _U(103)) >> _U(10)) & _U(0x000F000F000F000F)  # lane // 10
     words = tens | ((words - tens * _U(10)) << _U(8))
-    return words | _U(0x3030303030303030)
+    digits: np.ndarray = words | _U(0x3030303030303030)
+    return digits
 
 
 # -- encoding (the writer's thread, and benchmarks) ---------------------------
@@ -108,7 +109,8 @@ _LIMITS = np.array([255, MAX_STAGE, MAX_ID, MAX_ID, MAX_ID, MAX_NS, MAX_NS], dty
 def valid_rows(rows: np.ndarray) -> np.ndarray:
     """Boolean mask of the rows of an ``(n, 7)`` int64 array that fit the format."""
     kind = rows[:, 0]
-    return ((kind == SEND) | (kind == RECEIPT)) & ((rows >= 0) & (rows <= _LIMITS)).all(axis=1)
+    mask: np.ndarray = ((kind == SEND) | (kind == RECEIPT)) & ((rows >= 0) & (rows <= _LIMITS)).all(axis=1)
+    return mask
 
 
 def encode_rows(rows: np.ndarray) -> bytes:
@@ -139,7 +141,7 @@ def encode_rows(rows: np.ndarray) -> bytes:
 
 
 
-def row_fits(row: tuple) -> bool:
+def row_fits(row: tuple[int, ...]) -> bool:
     """Whether one row tuple can be written: seven integers within the columns' limits."""
     try:
         array = np.array([row], dtype=np.int64)
@@ -167,7 +169,8 @@ class EventChunk:
     @property
     def elapsed_ns(self) -> np.ndarray:
         """``event_ns - scheduled_ns`` (int64): latency of a receipt, lag of a send."""
-        return (self.event_ns - self.scheduled_ns).view(np.int64)
+        elapsed: np.ndarray = (self.event_ns - self.scheduled_ns).view(np.int64)
+        return elapsed
 
 
 class ChunkParser:
@@ -185,7 +188,7 @@ class ChunkParser:
         self.t = np.empty(self.words.shape, dtype=_U)
 
     def raw_view(self, rows: int) -> memoryview:
-        return memoryview(self.raw)[: rows * ROW_BYTES]
+        return memoryview(self.raw.data)[: rows * ROW_BYTES]
 
     def parse(self, n: int, path: Path, first_line: int) -> EventChunk:
         tiles = -(-n // _TILE)

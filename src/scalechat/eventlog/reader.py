@@ -39,7 +39,7 @@ def open_log(path: Path, chunk_rows: int, allow_truncated: bool) -> tuple[io.Raw
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
     try:
-        f = open(path, "rb", buffering=0)  # noqa: SIM115 - the caller closes it
+        f = open(path, "rb", buffering=0)
     except OSError as exc:
         raise EventLogError(f"{path}: cannot open event log: {exc.strerror or exc}") from None
     try:

@@ -7,6 +7,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -80,7 +81,7 @@ def read_event_log(path: str | os.PathLike[str], *, chunk_rows: int = DEFAULT_CH
     duplicates = _Duplicates(duplicate_window) if duplicate_window > 0 else None
     f, rows = open_log(path, chunk_rows, allow_truncated)
     slots = [_Slot(min(chunk_rows, max(rows, 1)), config, duplicates is not None) for _ in range(workers)]
-    pending: deque[Future] = deque()
+    pending: deque[Future[Any]] = deque()
     try:
         with f, ThreadPoolExecutor(workers, thread_name_prefix="eventlog-read") as pool:
             for k, done in enumerate(range(0, rows, chunk_rows)):
@@ -109,7 +110,7 @@ def read_event_log(path: str | os.PathLike[str], *, chunk_rows: int = DEFAULT_CH
         duplicate_window, truncated_bytes=os.stat(path).st_size - len(HEADER) - rows * ROW_BYTES)
 
 
-def _collect(future: Future, duplicates: _Duplicates | None) -> None:
+def _collect(future: Future[Any], duplicates: _Duplicates | None) -> None:
     keys = future.result()
     if duplicates is not None:
         duplicates.add(*keys)
@@ -289,7 +290,7 @@ class _Duplicates:
         self._rows = 0
         self._previous = np.empty(0, np.uint64)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="eventlog-duplicates")
-        self._pending: Future | None = None
+        self._pending: Future[Any] | None = None
         self.by_stage: dict[int, int] = {}
 
     def add(self, keys: np.ndarray, stages: np.ndarray, rows: int) -> None:

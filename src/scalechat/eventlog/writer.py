@@ -19,7 +19,7 @@ class _Closed:
     def __init__(self, path: Path) -> None:
         self._path = path
 
-    def append(self, _row: tuple) -> None:
+    def append(self, _row: tuple[int, ...]) -> None:
         raise EventLogError(f"{self._path}: event log is closed")
 
 
@@ -39,8 +39,8 @@ class EventLogWriter:
     def __init__(self, path: str | os.PathLike[str], *, flush_interval: float = 0.2,
                  batch_rows: int = 1 << 16) -> None:
         self.path = Path(path)
-        self._rows: list[tuple] = []
-        self._file = open(self.path, "wb")  # noqa: SIM115 - closed by close()
+        self._rows: list[tuple[int, ...]] = []
+        self._file = open(self.path, "wb")
         self._file.write(HEADER)
         self._interval = flush_interval
         self._batch_rows = batch_rows
@@ -48,7 +48,7 @@ class EventLogWriter:
         self._error: BaseException | None = None
         self.written = 0
         self.rejected = 0
-        self._first_rejected: tuple | None = None
+        self._first_rejected: tuple[int, ...] | None = None
         self._thread = threading.Thread(target=self._run, name=f"eventlog:{self.path.name}", daemon=True)
         self._thread.start()
 
@@ -104,7 +104,7 @@ class EventLogWriter:
                 except Exception as exc:  # disk full, a bug: keep draining, report at close()
                     self._error = exc
 
-    def _encode(self, batch: list[tuple]) -> bytes:
+    def _encode(self, batch: list[tuple[int, ...]]) -> bytes:
         try:
             array = np.fromiter(itertools.chain.from_iterable(batch), dtype=np.int64,
                                 count=7 * len(batch)).reshape(-1, 7)

@@ -42,7 +42,7 @@ class ConfigError(ValueError):
 
 
 def _num(description: str, *, default: float | None = None, minimum: float | None = None,
-         exclusive: bool = False, maximum: float | None = None, integer: bool = False) -> dict:
+         exclusive: bool = False, maximum: float | None = None, integer: bool = False) -> dict[str, Any]:
     node: dict[str, Any] = {"type": "integer" if integer else "number", "description": description}
     if default is not None:
         node["default"] = default
@@ -198,7 +198,8 @@ def openapi_schema() -> dict[str, Any]:
             return [convert(v) for v in node]
         return copy.deepcopy(node)
 
-    return convert(SPEC_SCHEMA)
+    converted: dict[str, Any] = convert(SPEC_SCHEMA)
+    return converted
 
 
 def validate(value: Any, schema: dict[str, Any], path: str) -> Any:
@@ -250,9 +251,9 @@ def _pick_branch(value: Any, schema: dict[str, Any], path: str) -> dict[str, Any
     for branch in schema["oneOf"]:
         kind = branch.get("type")
         if kind in ("integer", "number") and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return branch
+            return dict(branch)
         if kind in _TYPES and isinstance(value, _TYPES[kind]):
-            return branch
+            return dict(branch)
     kinds = " or ".join(str(b.get("type")) for b in schema["oneOf"])
     raise ConfigError(path, f"must be {kinds}, got {describe_value(value)}")
 
@@ -274,7 +275,8 @@ def _check_number(value: Any, schema: dict[str, Any], path: str) -> int | float:
             raise ConfigError(path, f"must be >= {_fmt(minimum)}, got {_fmt(value)}")
     if "maximum" in schema and value > schema["maximum"]:
         raise ConfigError(path, f"must be <= {_fmt(schema['maximum'])}, got {_fmt(value)}")
-    return value
+    number: int | float = value
+    return number
 
 
 def _fmt(x: float) -> str:

@@ -55,7 +55,9 @@ class StageLike(Protocol):
     """What a verdict reads of a stage that ran (a :class:`~scalechat.results.StageResult`, analysis's Stage)."""
 
     delivery: Any  # a LogHistogram of seconds
-    connect_errors: int | None
+
+    @property
+    def connect_errors(self) -> int | None: ...
 
     @property
     def delivery_ratio(self) -> float | None: ...

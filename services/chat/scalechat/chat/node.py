@@ -1,0 +1,271 @@
+"""The node joins the hub (local sockets) and the broker (seq, history, other replicas).
+
+It knows nothing of HTTP: the transport (``app.py``) hands it connections and
+text frames, and closes sockets when told to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import orjson
+
+from scalechat.chat.broker import Broker, Draft, History
+from scalechat.chat.budget import SWEEP_SECONDS, MemoryBudget
+from scalechat.chat.connection import Connection
+from scalechat.chat.errors import BrokerUnavailable, ProtocolError
+from scalechat.chat.hub import Hub
+from scalechat.chat.metrics import Metrics
+from scalechat.chat.protocol import (CloseCode, ErrorCode, encode_error, encode_history_parts,
+                                     encode_presence, extract_cid, parse_client_frame)
+from scalechat.chat.framing import frame_text, text_header
+from scalechat.chat.ratelimit import AddressLimiter
+from scalechat.chat.settings import Settings
+
+log = logging.getLogger(__name__)
+
+CLOSE_TIMEOUT = 2.0  # seconds a condemned socket gets to take its close frame before the abort
+
+
+class Node:
+    def __init__(self, settings: Settings, broker: Broker, metrics: Metrics, hub: Hub,
+                 budget: MemoryBudget | None = None) -> None:
+        self.settings = settings
+        self.budget = budget or MemoryBudget(1 << 62)
+        self.broker = broker
+        self.metrics = metrics
+        self.hub = hub
+        self.name = settings.node_name
+        self._closing: set[asyncio.Task] = set()
+        self._joined: set[Connection] = set()  # joined and not yet left: leave() runs once each
+        self._left = asyncio.Event()  # set whenever the last joined connection has left
+        self._left.set()
+        self._room_locks: dict[str, list] = {}  # room -> [lock, users]
+        self._sweeper: asyncio.Task | None = None
+        rate = settings.joins_per_address
+        self._joins = AddressLimiter(rate, max(1, int(10 * rate))) if rate else None
+
+    def admit_join(self, address: str | None) -> bool:
+        """Whether a client at ``address`` may open one more socket now (joins_per_address)."""
+        return self._joins is None or address is None or self._joins.allow(address, time.monotonic())
+
+    async def start(self) -> None:
+        await self.broker.start(self._deliver, self._deliver_event)
+        self._sweeper = asyncio.create_task(self._sweep_outgoing(), name="outgoing-budget")
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Close the broker once every joined connection has left (leaves announced first)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._left.wait()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        await self.broker.close()
+
+    # --- broker callbacks ---------------------------------------------------------
+
+    def _deliver(self, room: str, seq: int, payload: bytes, received_at: float) -> None:
+        # Once per message per node, whatever the broker: the Redis broker's reader
+        # calls this for each message of a subscribed room (local senders' included);
+        # the memory broker calls it inside its own publish.
+        self.metrics.broker_received += 1
+        delivered = self.hub.broadcast(room, payload, seq, received_at)
+        if delivered:
+            self.metrics.delivered += delivered
+
+    def _deliver_event(self, room: str, payload: bytes) -> None:
+        try:
+            name = orjson.loads(payload)["name"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            name = ""
+        self.hub.presence(room, name, payload)
+
+    # --- membership ---------------------------------------------------------------
+
+    async def join(self, conn: Connection, since: int | None, epoch: str | None) -> None:
+        """Add ``conn``: history first, then live messages, with no gap and no repeat."""
+        conn.hold()
+        self._joined.add(conn)
+        self._left.clear()
+        async with self._room_lock(conn.room):
+            if self.hub.add(conn) == 1:
+                await self.broker.subscribe(conn.room)
+        history = await self.broker.history(conn.room, since, epoch, self.settings.history_on_join)
+        history = self._fit(history, since, conn.limit // 2)
+        parts = encode_history_parts(conn.room, history.epoch, history.last_seq, conn.name,
+                                     self.name, history.continuity_lost, history.messages)
+        conn.release([text_header(sum(map(len, parts))), *parts], history.last_seq)
+        await self._announce(conn, "join", +1)
+
+    @staticmethod
+    def _fit(history: History, since: int | None, room: int) -> History:
+        """Keep the newest messages whose bytes fit ``room``; a truncated resume loses continuity."""
+        total, keep = 0, 0
+        for message in reversed(history.messages):
+            total += len(message) + 1
+            if total > room:
+                break
+            keep += 1
+        if keep == len(history.messages):
+            return history
+        kept = history.messages[len(history.messages) - keep:]
+        return History(history.epoch, history.last_seq, kept,
+                       history.continuity_lost or since is not None)
+
+    async def leave(self, conn: Connection) -> None:
+        """Undo ``join`` (at most once per connection, whoever calls first)."""
+        if conn not in self._joined:
+            return
+        self._joined.discard(conn)
+        try:
+            async with self._room_lock(conn.room):
+                if self.hub.remove(conn) == 0:
+                    await self.broker.unsubscribe(conn.room)
+            await self._announce(conn, "leave", -1)
+        finally:
+            if not self._joined:
+                self._left.set()
+
+    @contextlib.asynccontextmanager
+    async def _room_lock(self, room: str) -> AsyncIterator[None]:
+        """Serialise subscribe/unsubscribe of one room; the lock is dropped when unused."""
+        entry = self._room_locks.get(room)
+        if entry is None:
+            entry = self._room_locks[room] = [asyncio.Lock(), 0]
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                yield
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self._room_locks[room]
+
+    async def _announce(self, conn: Connection, event: str, delta: int) -> None:
+        try:
+            count = await self.broker.presence(conn.room, delta)
+            await self.broker.publish_event(conn.room, encode_presence(conn.room, event, conn.name, count))
+        except BrokerUnavailable:
+            log.warning("presence %s for room %s not announced: broker unavailable", event, conn.room)
+
+    # --- client frames ------------------------------------------------------------
+
+    async def handle_text(self, conn: Connection, text: str) -> CloseCode | None:
+        """Handle one client text frame; return a close code if the socket must close."""
+        received_at = time.perf_counter()
+        if conn.byte_bucket is not None:
+            # Over its bytes per second a client is not dropped but read later: while this
+            # waits, aiohttp stops reading the socket once 64 KiB are buffered, and TCP
+            # pushes back on the sender at no cost to the server.
+            size = len(text) if text.isascii() else len(text.encode())
+            wait = conn.byte_bucket.reserve(received_at, size)
+            if wait:
+                self.metrics.throttled.inc()
+                await asyncio.sleep(wait)
+                received_at = time.perf_counter()
+        if not conn.bucket.allow(received_at):
+            self._reject(conn, ErrorCode.RATE_LIMITED, "rate limit exceeded: message dropped",
+                         extract_cid(text))
+            if conn.bucket.consecutive_drops >= self.settings.rate_burst:
+                return CloseCode.POLICY_VIOLATION
+            return None
+        try:
+            request = parse_client_frame(text, self.settings.max_text_chars)
+        except ProtocolError as exc:
+            self._reject(conn, exc.code, exc.reason, extract_cid(text))
+            return None
+        try:
+            published = await self.broker.publish(
+                Draft(conn.room, conn.name, request.text, request.cid, received_at))
+        except BrokerUnavailable:
+            self._reject(conn, ErrorCode.UNAVAILABLE, "message maybe not stored: the broker is "
+                         "unavailable; resend it with the same cid", request.cid)
+            return None
+        if published.duplicate:
+            # A resent cid: acknowledge with the stored message (its original seq), to the
+            # sender alone; the room saw it once.
+            self.metrics.deduplicated.inc()
+            if published.original is not None:
+                conn.push(frame_text(published.original), published.seq)
+            else:
+                conn.push(frame_text(encode_error(
+                    ErrorCode.DUPLICATE, f"already stored as seq {published.seq}; its frame has "
+                    "left the history", request.cid)))
+            return None
+        self.metrics.received += 1
+        return None
+
+    def _reject(self, conn: Connection, code: ErrorCode, reason: str, cid: str | None) -> None:
+        self.metrics.rejected.labels(reason=code.value).inc()
+        conn.push(frame_text(encode_error(code, reason, cid)))
+
+    # --- closing ------------------------------------------------------------------
+
+    def condemn_slow(self, conn: Connection) -> None:
+        """Overflow callback: close with 1013 without blocking the broadcast."""
+        self.metrics.slow_consumers.inc()
+        self.close_soon(conn, CloseCode.TRY_AGAIN_LATER, "slow consumer", CLOSE_TIMEOUT)
+
+    def close_soon(self, conn: Connection, code: CloseCode, reason: str,
+                   timeout: float = CLOSE_TIMEOUT) -> None:
+        task = asyncio.get_running_loop().create_task(
+            self.close_connection(conn, code, reason, timeout))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def close_connection(self, conn: Connection, code: CloseCode, reason: str,
+                               timeout: float = 5.0) -> None:
+        """Send what is queued, then a close frame; abort if the peer has not finished within
+        ``timeout``. Either way the socket is gone within ``timeout``: a peer that reads
+        nothing never lets a graceful close finish, so its transport is aborted (file
+        descriptor, buffers, connection slot and presence released)."""
+
+        async def close() -> None:
+            await conn.drain()
+            await conn.ws.close(code=code, message=reason.encode())
+
+        try:
+            await asyncio.wait_for(close(), timeout)
+            if not conn.transport.is_closing():
+                conn.transport.abort()
+            return
+        except (TimeoutError, ConnectionError, RuntimeError):
+            pass
+        if conn.transport.get_write_buffer_size() or not conn.transport.is_closing():
+            self.metrics.close_aborts.inc()
+        conn.transport.abort()
+
+    async def _sweep_outgoing(self) -> None:
+        """Measure the bytes queued for clients; above their share of the budget, close the
+        clients holding the most (they are the ones not reading)."""
+        budget = self.budget
+        while True:
+            await asyncio.sleep(SWEEP_SECONDS)
+            conns = [c for c in self._joined if not c.dead]
+            queued = [(c.queued_bytes(), c) for c in conns]
+            budget.outgoing = total = sum(q for q, _ in queued)
+            if total <= budget.outgoing_limit:
+                continue
+            queued.sort(key=lambda item: item[0], reverse=True)
+            for size, conn in queued:
+                if total <= budget.outgoing_limit or size == 0:
+                    break
+                log.warning("outgoing buffers at %d bytes, over their budget of %d: closing the "
+                            "client holding %d bytes as a slow consumer", total,
+                            budget.outgoing_limit, size)
+                conn.condemn()
+                total -= size
+
+    async def close_all(self, code: CloseCode, reason: str, timeout: float) -> None:
+        """Close every socket and announce its leave while the broker is still up."""
+        async def close_and_leave(conn: Connection) -> None:
+            await self.close_connection(conn, code, reason, timeout)
+            await self.leave(conn)
+
+        conns = list(self._joined)
+        if conns:
+            await asyncio.gather(*(close_and_leave(c) for c in conns), return_exceptions=True)
