@@ -43,7 +43,10 @@ class Run:
     def __init__(self, name: str, script: str, argv: list[str] | None = None) -> None:
         self.name = name
         self.started = time.time()
-        self.command = shlex.join([sys.executable, os.path.relpath(script),
+        python = sys.executable
+        if Path(python).resolve().is_relative_to(CODE):  # the checkout's virtualenv
+            python = os.path.relpath(python)
+        self.command = shlex.join([python, os.path.relpath(script),
                                    *(sys.argv[1:] if argv is None else argv)])
         self.host: dict[str, Any] = {**host_facts(), "python": sys.version.split()[0],
                                      "code": git_facts(), "loadavg_start": os.getloadavg()}

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import heapq
-import json
 import os
 import random
 import socket
@@ -48,6 +47,9 @@ from scalechat.loadgen.worker import Timer
 from scalechat.loadgen.wsclient import connect
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from document import Run  # noqa: E402  (a sibling script, not a package)
+
 TICK = os.sysconf("SC_CLK_TCK")
 SERVER_CORE, GENERATOR_CORE = 0, 1
 
@@ -335,6 +337,7 @@ def main() -> None:
     parser.add_argument("--scalechat-flag", action="append", default=[], metavar="FLAG",
                         help="extra flag for `scalechat serve` (repeat), e.g. --scalechat-flag=--flush-interval-ms=5")
     args = parser.parse_args()
+    run = Run("fanout", __file__)  # host facts before this process is pinned
     SCALECHAT_FLAGS.extend(args.scalechat_flag)
     if len(os.sched_getaffinity(0)) < 2:
         raise SystemExit("bench/fanout.py needs 2 cores: server on core 0, generator on core 1")
@@ -350,8 +353,12 @@ def main() -> None:
     print(table([]))
     rounds = uvloop.run(main_async(args))
     print("\n" + table([m for rows in rounds for m in rows]))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps([asdict(m) for rows in rounds for m in rows], indent=2))
+    run.host["placement"] = {"server": f"core {SERVER_CORE}", "generator": f"core {GENERATOR_CORE}"}
+    run.write(args.json, {"seconds": args.seconds, "scenarios": args.scenarios, "repeat": args.repeat,
+                          "saturation_factor": args.saturation_factor, "servers": args.servers,
+                          "loads": {name: SCENARIOS[name][2] for name in args.scenarios},
+                          "scalechat_flags": args.scalechat_flag},
+              {"rounds": [[asdict(m) for m in rows] for rows in rounds]})
     if not {"naive", "scalechat"} <= set(args.servers):
         return
     print(f"\nscalechat / naive (each ratio within one round; {args.repeat} round(s)):")

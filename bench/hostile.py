@@ -30,10 +30,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import multiprocessing
 import os
-import platform
 import socket
 import subprocess
 import sys
@@ -49,7 +47,8 @@ import uvloop
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from slowloris import Attacker, free_port  # noqa: E402  (a sibling script, not a package)
+from document import Run  # noqa: E402  (sibling scripts, not a package)
+from slowloris import Attacker, free_port  # noqa: E402
 
 SERVER_CORE, CLIENT_CORE = 0, 1
 EMOJI_TEXT = "\U0001F600" * 4000
@@ -217,7 +216,7 @@ def attack_process(name: str, port: int, seconds: float, out: multiprocessing.Qu
     os.nice(10)  # the normal client shares this core: its latency must be the server's, not ours
     try:
         out.put(uvloop.run(run_attack(name, port, seconds)))
-    except Exception as exc:  # noqa: BLE001 - reported, not raised
+    except Exception as exc:
         out.put(f"attack failed: {exc!r}")
 
 
@@ -232,7 +231,7 @@ async def probe(port: int, stop: asyncio.Event, latencies: list[float], failures
                 await ws.receive()
                 sent: dict[str, float] = {}
 
-                async def read() -> None:
+                async def read(ws=ws, sent=sent) -> None:
                     async for msg in ws:
                         frame = orjson.loads(msg.data)
                         if frame.get("type") == "message" and frame.get("cid") in sent:
@@ -251,7 +250,7 @@ async def probe(port: int, stop: asyncio.Event, latencies: list[float], failures
                 failures.extend("lost" for _ in sent)
                 reader.cancel()
                 await ws.close()
-            except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 failures.append(repr(exc))
                 await asyncio.sleep(0.2)
 
@@ -309,6 +308,7 @@ def main() -> None:
     parser.add_argument("--attacks", nargs="+", default=list(ATTACKS), choices=ATTACKS)
     parser.add_argument("--json", type=Path, default=Path("build/bench/hostile.json"))
     args = parser.parse_args()
+    run = Run("hostile", __file__)  # host facts before this process is pinned
     if args.seconds <= 0 or args.pod_mib < 64:
         parser.error("--seconds must be > 0 and --pod-mib >= 64")
     if len(os.sched_getaffinity(0)) < 2:
@@ -320,21 +320,9 @@ def main() -> None:
         print(table(rows[-1:]).splitlines()[-1], flush=True)
     print()
     print(table(rows))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=HERE).stdout.strip()
-    args.json.write_text(json.dumps({
-        "date": time.strftime("%Y-%m-%d"), "commit": commit, "cpus": os.cpu_count(),
-        "cpu_model": platform.processor() or _cpu_model(), "results": [asdict(r) for r in rows]},
-        indent=2))
+    run.write(args.json, {"seconds": args.seconds, "pod_mib": args.pod_mib, "attacks": args.attacks},
+              {"results": [asdict(r) for r in rows]})
     print(f"\nwrote {args.json}")
-
-
-def _cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ def test_a_short_attack_reports_rss_uptime_and_the_normal_clients_latency(tmp_pa
                           capture_output=True, text=True, timeout=100)
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads(out.read_text())
-    assert report["commit"] and report["cpus"] >= 2
+    assert report["benchmark"] == "hostile" and report["date"]
+    assert len(report["host"]["code"]["commit"]) == 40 and report["host"]["cpu_count"] >= 2
     rows = {r["attack"]: r for r in report["results"]}
     assert set(rows) == {"silent-readers", "presence-flood"}
     for row in rows.values():
