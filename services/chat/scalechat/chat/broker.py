@@ -18,6 +18,7 @@ instances); chosen by ``Settings.broker``.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import islice
@@ -91,6 +92,17 @@ class Broker(Protocol):
 
     async def publish(self, draft: Draft) -> Published:
         """Store and fan out, or recognise a resent ``cid``. Raises BrokerUnavailable."""
+        ...
+
+    def submit(self, draft: Draft) -> Published | asyncio.Future[Published]:
+        """:meth:`publish` without waiting: the result at once (a broker that stores in
+        this process) or a future of it (one that stores remotely), never a coroutine.
+
+        Drafts of one room are stored in the order they were submitted, so a
+        connection need not wait for one message before reading the next. Raises
+        BrokerUnavailable at once when the broker knows it cannot store; a future
+        fails with it otherwise.
+        """
         ...
 
     async def publish_event(self, room: str, payload: bytes) -> None: ...

@@ -109,6 +109,10 @@ class MemoryBroker:
             self._mark_idle(room)
 
     async def publish(self, draft: Draft) -> Published:
+        return self.submit(draft)
+
+    def submit(self, draft: Draft) -> Published:
+        """Stored and delivered before it returns (see :meth:`Broker.submit`)."""
         state = self._room(draft.room)
         if draft.cid is not None and self._settings.history_size:
             dedupe = f"{draft.sender}\n{draft.cid}"

@@ -100,6 +100,10 @@ class RedisBroker:
     async def publish(self, draft: Draft) -> Published:
         return await self.shard(draft.room).publish(draft)
 
+    def submit(self, draft: Draft) -> asyncio.Future[Published]:
+        """Queued for the room's shard's next batch (see :meth:`Broker.submit`)."""
+        return self.shard(draft.room).publish(draft)
+
     async def publish_event(self, room: str, payload: bytes) -> None:
         await self.shard(room).publish_event(room, payload)
 

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator
 
 import orjson
 
-from scalechat.chat.broker import Broker, Draft, History
+from scalechat.chat.broker import Broker, Draft, History, Published
 from scalechat.chat.budget import SWEEP_SECONDS, MemoryBudget
 from scalechat.chat.connection import Connection
 from scalechat.chat.errors import BrokerUnavailable, ProtocolError
@@ -179,12 +180,35 @@ class Node:
             self._reject(conn, exc.code, exc.reason, extract_cid(text))
             return None
         try:
-            published = await self.broker.publish(
-                Draft(conn.room, conn.name, request.text, request.cid, received_at))
+            result = self.broker.submit(Draft(conn.room, conn.name, request.text, request.cid,
+                                              received_at))
         except BrokerUnavailable:
-            self._reject(conn, ErrorCode.UNAVAILABLE, "message maybe not stored: the broker is "
-                         "unavailable; resend it with the same cid", request.cid)
+            self._unavailable(conn, request.cid)
             return None
+        if isinstance(result, Published):
+            self._published(conn, request.cid, result)
+        else:  # stored remotely: the next frame is read meanwhile (the room's order holds)
+            result.add_done_callback(functools.partial(self._on_published, conn, request.cid))
+        return None
+
+    def _on_published(self, conn: Connection, cid: str | None,
+                      future: asyncio.Future[Published]) -> None:
+        if future.cancelled():
+            return
+        error = future.exception()
+        if error is None:
+            self._published(conn, cid, future.result())
+        elif isinstance(error, BrokerUnavailable):
+            self._unavailable(conn, cid)
+        else:
+            log.error("publish to room %s failed: %r", conn.room, error)
+            self.close_soon(conn, CloseCode.INTERNAL_ERROR, "internal error")
+
+    def _unavailable(self, conn: Connection, cid: str | None) -> None:
+        self._reject(conn, ErrorCode.UNAVAILABLE, "message maybe not stored: the broker is "
+                     "unavailable; resend it with the same cid", cid)
+
+    def _published(self, conn: Connection, cid: str | None, published: Published) -> None:
         if published.duplicate:
             # A resent cid: acknowledge with the stored message (its original seq), to the
             # sender alone; the room saw it once.
@@ -194,10 +218,9 @@ class Node:
             else:
                 conn.push(frame_text(encode_error(
                     ErrorCode.DUPLICATE, f"already stored as seq {published.seq}; its frame has "
-                    "left the history", request.cid)))
-            return None
+                    "left the history", cid)))
+            return
         self.metrics.received += 1
-        return None
 
     def _reject(self, conn: Connection, code: ErrorCode, reason: str, cid: str | None) -> None:
         self.metrics.rejected.labels(reason=code.value).inc()
