@@ -192,7 +192,11 @@ def test_the_cli_prints_the_costs_source_and_the_plan(capsys, tmp_path):
     assert code == 0 and result["costs"]["commit"] == "0123456789ab"
     # 50,000 x (60 + 10 x 10) µs + 1,000,000 / 30 x 2 x 10 µs
     assert result["replica_cores"] == pytest.approx(8.0 + 2 / 3)
-    assert result["shards"] == 1 and result["replicas"] == 100
+    assert result["replicas"] == 100
+    # Redis: 50,000 x 12.5 µs = 0.63 cores, one shard at 70%; the history, 100,000 rooms x
+    # 1,000 messages x 300 bytes (27.9 GiB), needs four of 8 GiB.
+    assert result["redis_cores"] == pytest.approx(0.625)
+    assert result["shards"] == 4 and result["shards_bound_by"] == "memory"
 
 
 def test_the_readme_table_is_the_models_output(capsys, monkeypatch):
@@ -208,3 +212,12 @@ def test_the_readme_table_is_the_models_output(capsys, monkeypatch):
     assert code == 0
     assert match.group(2).strip() == capsys.readouterr().out.strip(), (
         "README capacity table is stale: rerun its command with --format markdown")
+
+
+def test_redis_shards_are_also_bound_by_the_history_they_hold():
+    costs = Costs.from_document(document(), "test")
+    load = load_of(1_000_000, 10, deliveries_per_s=500_000)
+    roomy = plan(load, costs, shard_memory_bytes=1e15)
+    tight = plan(load, costs, shard_memory_bytes=roomy.redis_memory_bytes / 4.5)
+    assert roomy.shards_bound_by == "CPU" and tight.shards_bound_by == "memory"
+    assert tight.shards == 5 and tight.cpus == roomy.cpus - roomy.shards + 5

@@ -20,9 +20,10 @@ messages/s (or D deliveries/s given instead):
   replicas       max(ceil(replica CPU / target), ceil(C / connections per replica))
       A replica is one Python process and uses one core at most; each is planned
       to keep its core at most --cpu-target busy (0.7: 70%).
-  Redis CPU      M x s, s = Redis CPU per message, net of its idle rate, from the run
-                 with the most messages/s; shards = ceil(Redis CPU / target), one
-                 core each (redis-server runs commands on one thread)
+  Redis CPU      M x s, s = Redis CPU per message, net of its idle rate, from the busy
+                 shard run (else the fixed run with the most messages/s); one core per
+                 shard (redis-server runs commands on one thread)
+  shards         max(ceil(Redis CPU / target), ceil(Redis memory / memory per shard))
   balancer CPU   D x g, g = nginx CPU per delivery (the largest measured), when it
                  proxies every frame as in scalechat cluster; CPUs = ceil(/ target)
   CPUs           the replicas' ceil(replica CPU / target) + shards + the balancer's
@@ -48,6 +49,7 @@ RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results"
 PATTERN = "scaleout-*.json"
 CONNECTIONS_PER_REPLICA = 10_000  # scalechat serve's default --max-connections
 HEARTBEAT_SECONDS = 30.0  # scalechat serve's default --heartbeat-seconds
+SHARD_MEMORY_BYTES = 8 * 2**30  # history one Redis shard is planned to hold (--shard-memory-gib)
 
 
 class CostsError(Exception):
@@ -221,10 +223,16 @@ class Plan:
         """What sets the number of replicas."""
         return "CPU" if self.replicas == self.replica_cpus else "connections per replica"
 
+    @property
+    def shards_bound_by(self) -> str:
+        """What sets the number of Redis shards."""
+        return "CPU" if self.shards == max(1, math.ceil(self.redis_cores / self.cpu_target)) else "memory"
+
 
 def plan(load: Load, costs: Costs, *, cpu_target: float = 0.7,
          connections_per_replica: int = CONNECTIONS_PER_REPLICA,
-         heartbeat_seconds: float = HEARTBEAT_SECONDS) -> Plan:
+         heartbeat_seconds: float = HEARTBEAT_SECONDS,
+         shard_memory_bytes: float = SHARD_MEMORY_BYTES) -> Plan:
     """The arithmetic of the module docstring."""
     if not 0 < cpu_target <= 1:
         raise ValueError(f"cpu_target must be in (0, 1], got {cpu_target}")
@@ -242,9 +250,10 @@ def plan(load: Load, costs: Costs, *, cpu_target: float = 0.7,
                       + load.connections * costs.connection_bytes)
     redis_memory = (None if costs.redis_message_bytes is None else
                     load.rooms * costs.history_size * costs.redis_message_bytes)
+    shards = max(1, math.ceil(redis_cores / cpu_target),
+                 math.ceil((redis_memory or 0) / shard_memory_bytes))
     return Plan(load, costs, cpu_target, connections_per_replica, heartbeat_seconds,
-                replica_cores, redis_cores, balancer_cores, replicas, replica_cpus,
-                max(1, math.ceil(redis_cores / cpu_target)),
+                replica_cores, redis_cores, balancer_cores, replicas, replica_cpus, shards,
                 0 if balancer_cores is None else max(1, math.ceil(balancer_cores / cpu_target)),
                 replica_memory, redis_memory)
 
@@ -282,8 +291,9 @@ def describe(p: Plan) -> list[str]:
              + (f", nginx {c.balancer_delivery_us:.2f} µs per delivery"
                 if c.balancer_delivery_us is not None else ""),
              f"planned at {p.cpu_target:.0%} CPU; replicas bound by {p.bound_by} "
-             f"({p.connections_per_replica:,} connections per replica at most); Redis memory "
-             f"with every room's history full ({c.history_size:,} messages)"]
+             f"({p.connections_per_replica:,} connections per replica at most); shards bound by "
+             f"{p.shards_bound_by}; Redis memory with every room's history full "
+             f"({c.history_size:,} messages)"]
     return lines + [f"note: {note}" for note in c.notes]
 
 
@@ -315,6 +325,7 @@ def to_json(p: Plan) -> dict:
             "cpu_target": p.cpu_target, "replica_cores": p.replica_cores,
             "redis_cores": p.redis_cores, "balancer_cores": p.balancer_cores,
             "replicas": p.replicas, "replica_cpus": p.replica_cpus, "shards": p.shards,
+            "shards_bound_by": p.shards_bound_by,
             "balancer_cpus": p.balancer_cpus, "cpus": p.cpus, "bound_by": p.bound_by,
             "replica_memory_bytes": p.replica_memory_bytes,
             "redis_memory_bytes": p.redis_memory_bytes}

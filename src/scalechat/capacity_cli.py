@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 from scalechat import capacity
-from scalechat.capacity import (CONNECTIONS_PER_REPLICA, HEARTBEAT_SECONDS, PATTERN, CostsError,
+from scalechat.capacity import (CONNECTIONS_PER_REPLICA, HEARTBEAT_SECONDS, PATTERN, SHARD_MEMORY_BYTES,
+                                CostsError,
                                 load_costs, load_of, newest_results, plan, render_markdown,
                                 render_text, to_json)
 
@@ -70,6 +71,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--history-size", type=_number(int, 0, "a whole number >= 0", inclusive=True),
                         metavar="N", help="messages kept per room (the server's --history-size; "
                                           "default: the one the costs were measured with)")
+    parser.add_argument("--shard-memory-gib", type=_number(float, 0, "a number > 0"),
+                        default=SHARD_MEMORY_BYTES / 2**30, metavar="GIB",
+                        help="history one Redis shard may hold (default "
+                             f"{SHARD_MEMORY_BYTES / 2**30:g}); more shards when the rooms' history needs it")
     parser.add_argument("--format", choices=("text", "markdown", "json"), default="text")
 
 
@@ -89,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
                    deliveries_per_s=args.deliveries)
     result = plan(load, costs, cpu_target=args.cpu_target,
                   connections_per_replica=args.connections_per_replica,
-                  heartbeat_seconds=args.heartbeat_seconds)
+                  heartbeat_seconds=args.heartbeat_seconds,
+                  shard_memory_bytes=args.shard_memory_gib * 2**30)
     if args.format == "json":
         print(json.dumps(to_json(result), indent=1))
     elif args.format == "markdown":
