@@ -18,7 +18,6 @@ instances); chosen by ``Settings.broker``.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import islice
@@ -58,6 +57,10 @@ class Published:
         self.seq, self.original, self.duplicate = seq, original, duplicate or original is not None
 
 
+# done(result, error): what became of one submitted draft (see Broker.submit).
+Done = Callable[["Published | None", "BaseException | None"], None]
+
+
 @dataclass(frozen=True, slots=True)
 class History:
     """A room's history as a joiner sees it.
@@ -94,14 +97,14 @@ class Broker(Protocol):
         """Store and fan out, or recognise a resent ``cid``. Raises BrokerUnavailable."""
         ...
 
-    def submit(self, draft: Draft) -> Published | asyncio.Future[Published]:
-        """:meth:`publish` without waiting: the result at once (a broker that stores in
-        this process) or a future of it (one that stores remotely), never a coroutine.
+    def submit(self, draft: Draft, done: Done) -> None:
+        """:meth:`publish` without waiting: ``done(result, None)`` or ``done(None, error)`` is
+        called exactly once, before this returns (a broker that stores in this process)
+        or from the broker's reply (one that stores remotely); never a coroutine.
 
         Drafts of one room are stored in the order they were submitted, so a
         connection need not wait for one message before reading the next. Raises
-        BrokerUnavailable at once when the broker knows it cannot store; a future
-        fails with it otherwise.
+        BrokerUnavailable at once when the broker knows it cannot store.
         """
         ...
 

@@ -20,7 +20,7 @@ import secrets
 import time
 from collections import OrderedDict, deque
 
-from scalechat.chat.broker import Deliver, DeliverEvent, Draft, History, Published, select_history
+from scalechat.chat.broker import Deliver, DeliverEvent, Done, Draft, History, Published, select_history
 from scalechat.chat.budget import MemoryBudget
 from scalechat.chat.protocol import encode_message
 from scalechat.chat.settings import Settings
@@ -109,10 +109,13 @@ class MemoryBroker:
             self._mark_idle(room)
 
     async def publish(self, draft: Draft) -> Published:
-        return self.submit(draft)
+        return self._store(draft)
 
-    def submit(self, draft: Draft) -> Published:
-        """Stored and delivered before it returns (see :meth:`Broker.submit`)."""
+    def submit(self, draft: Draft, done: Done) -> None:
+        """Stored, delivered and ``done`` called before it returns (see :meth:`Broker.submit`)."""
+        done(self._store(draft), None)
+
+    def _store(self, draft: Draft) -> Published:
         state = self._room(draft.room)
         if draft.cid is not None and self._settings.history_size:
             dedupe = f"{draft.sender}\n{draft.cid}"

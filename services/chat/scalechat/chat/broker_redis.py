@@ -33,7 +33,7 @@ import hashlib
 import logging
 from functools import lru_cache
 
-from scalechat.chat.broker import Deliver, DeliverEvent, Draft, History, Published
+from scalechat.chat.broker import Deliver, DeliverEvent, Done, Draft, History, Published
 from scalechat.chat.errors import SettingsError
 from scalechat.chat.redis_link import RedisAddress, RedisLink, ReplyError
 from scalechat.chat.redis_shard import CONNECT_TIMEOUT, RedisShard
@@ -100,9 +100,9 @@ class RedisBroker:
     async def publish(self, draft: Draft) -> Published:
         return await self.shard(draft.room).publish(draft)
 
-    def submit(self, draft: Draft) -> asyncio.Future[Published]:
+    def submit(self, draft: Draft, done: Done) -> None:
         """Queued for the room's shard's next batch (see :meth:`Broker.submit`)."""
-        return self.shard(draft.room).publish(draft)
+        self.shard(draft.room).submit(draft, done)
 
     async def publish_event(self, room: str, payload: bytes) -> None:
         await self.shard(room).publish_event(room, payload)

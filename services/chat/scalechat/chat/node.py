@@ -179,25 +179,19 @@ class Node:
         except ProtocolError as exc:
             self._reject(conn, exc.code, exc.reason, extract_cid(text))
             return None
+        # Stored remotely, the result comes later: the next frame is read meanwhile (the
+        # room's order holds, see Broker.submit).
         try:
-            result = self.broker.submit(Draft(conn.room, conn.name, request.text, request.cid,
-                                              received_at))
+            self.broker.submit(Draft(conn.room, conn.name, request.text, request.cid, received_at),
+                               functools.partial(self._on_published, conn, request.cid))
         except BrokerUnavailable:
             self._unavailable(conn, request.cid)
-            return None
-        if isinstance(result, Published):
-            self._published(conn, request.cid, result)
-        else:  # stored remotely: the next frame is read meanwhile (the room's order holds)
-            result.add_done_callback(functools.partial(self._on_published, conn, request.cid))
         return None
 
-    def _on_published(self, conn: Connection, cid: str | None,
-                      future: asyncio.Future[Published]) -> None:
-        if future.cancelled():
-            return
-        error = future.exception()
-        if error is None:
-            self._published(conn, cid, future.result())
+    def _on_published(self, conn: Connection, cid: str | None, published: Published | None,
+                      error: BaseException | None) -> None:
+        if published is not None:
+            self._published(conn, cid, published)
         elif isinstance(error, BrokerUnavailable):
             self._unavailable(conn, cid)
         else:

@@ -37,7 +37,7 @@ from collections.abc import Callable
 
 import orjson
 
-from scalechat.chat.broker import Deliver, DeliverEvent, Draft, History, Published, select_history
+from scalechat.chat.broker import Deliver, DeliverEvent, Done, Draft, History, Published, select_history
 from scalechat.chat.errors import BrokerUnavailable
 from scalechat.chat.redis_link import RedisAddress, RedisLink, ReplyError, pack_command
 from scalechat.chat.redis_scripts import ALL, CATCH_UP, HISTORY, PRESENCE, PUBLISH, Script
@@ -127,7 +127,7 @@ class RedisShard:
         self._subs: dict[str, _Subscription] = {}
         self._by_channel: dict[bytes, _Subscription] = {}
         self._members: dict[str, int] = {}  # this replica's member count per room (> 0 only)
-        self._queue: list[tuple[Draft, asyncio.Future]] = []
+        self._queue: list[tuple[Draft, Done]] = []
         self._flush_scheduled = False
         self._batch_window = settings.redis_batch_ms / 1000
         self._tasks: list[asyncio.Task] = []
@@ -258,18 +258,32 @@ class RedisShard:
 
     # --- publishing -----------------------------------------------------------------
 
-    def publish(self, draft: Draft) -> asyncio.Future:
+    def publish(self, draft: Draft) -> asyncio.Future[Published]:
         """Queue for the current batch (see the module docstring); the future gets a :class:`Published` or BrokerUnavailable."""
+        future: asyncio.Future[Published] = self._loop.create_future()
+
+        def done(result: Published | None, error: BaseException | None) -> None:
+            if not future.done():
+                if error is None:
+                    future.set_result(result)  # type: ignore[arg-type]
+                else:
+                    future.set_exception(error)
+
+        self.submit(draft, done)
+        return future
+
+    def submit(self, draft: Draft, done: Done) -> None:
+        """Queue for the current batch; ``done`` is called exactly once, with the result or
+        BrokerUnavailable, straight from the reply (no future, no extra loop callback).
+        Raises BrokerUnavailable at once when the shard is unreachable."""
         self._link("publish")
-        future = self._loop.create_future()
-        self._queue.append((draft, future))
+        self._queue.append((draft, done))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             if self._batch_window:
                 self._loop.call_later(self._batch_window, self._flush_publishes)
             else:
                 self._loop.call_soon(self._flush_publishes)
-        return future
 
     def _flush_publishes(self) -> None:
         self._flush_scheduled = False
@@ -280,9 +294,8 @@ class RedisShard:
         if link is None or self._closed:
             error = BrokerUnavailable(f"publish: Redis shard {self.index} ({self.address}) is "
                                       "unreachable")
-            for _, future in queue:
-                if not future.done():
-                    future.set_exception(error)
+            for _, done in queue:
+                done(None, error)
             return
         packed, parts = [], []
         for start in range(0, len(queue), MAX_BATCH):
@@ -290,60 +303,62 @@ class RedisShard:
             packed.append(part[0])
             parts.append(part[1])
         for replies, order in zip(link.send_many(packed), parts):
-            replies.add_done_callback(lambda done, order=order: self._published(done, order))
+            replies.add_done_callback(lambda reply, order=order: self._published(reply, order))
         self._loop.call_later(OP_DEADLINE, self._expire, parts)
 
-    def _pack(self, queue: list[tuple[Draft, asyncio.Future]]) -> tuple[bytes, list]:
-        """One EVALSHA for ``queue``; returns it and the futures in the script's order."""
-        rooms: dict[str, list[tuple[Draft, asyncio.Future]]] = {}
+    def _pack(self, queue: list[tuple[Draft, Done]]) -> tuple[bytes, list[Done]]:
+        """One EVALSHA for ``queue``; returns it and the callbacks in the script's order."""
+        rooms: dict[str, list[tuple[Draft, Done]]] = {}
         for item in queue:
             rooms.setdefault(item[0].room, []).append(item)
         dumps, prefix = orjson.dumps, self._prefix
         keys: list = []
         args: list = [self._ttl_ms, self._settings.history_size, self._window]
-        order = []
+        order: list[Done] = []
         for room, items in rooms.items():
             base = f"{prefix}:room:{{{room}}}"
             keys += (base + ":epoch", base + ":seq", base + ":stream", base + ":cids")
             args += (secrets.token_hex(4), base, len(items))
             head = b'{"type":"message","room":' + dumps(room) + b',"seq":'
-            for draft, future in items:
+            for draft, done in items:
                 args += (head, b',"from":' + dumps(draft.sender) + b',"text":' + dumps(draft.text),
                          b',"cid":' + dumps(draft.cid) + b"}",
                          f"{draft.sender}\n{draft.cid}" if draft.cid and self._window else b"")
-                order.append(future)
+                order.append(done)
         return pack_command(("EVALSHA", PUBLISH.sha, len(keys), *keys, *args)), order
 
-    def _published(self, replies: asyncio.Future, order: list[asyncio.Future]) -> None:
-        if replies.cancelled():
+    def _published(self, replies: asyncio.Future, order: list[Done]) -> None:
+        """Answer each callback of ``order`` (empty once ``_expire`` has answered them)."""
+        if replies.cancelled() or not order:
             return
+        pending = order[:]
+        order.clear()
         error = replies.exception()
         if error is not None:
             if isinstance(error, ReplyError) and str(error).startswith("NOSCRIPT"):
                 self._spawn(self._reload_scripts())
             failure = BrokerUnavailable(f"publish failed on Redis shard {self.index} "
                                         f"({self.address}): {error!r}")
-            for future in order:
-                if not future.done():
-                    future.set_exception(failure)
+            for done in pending:
+                done(None, failure)
             return
-        for future, reply in zip(order, replies.result()):
-            if future.done():
-                continue
+        for done, reply in zip(pending, replies.result()):
             if isinstance(reply, list):
-                future.set_result(Published(int(reply[0]), reply[1] or None, duplicate=True))
+                done(Published(int(reply[0]), reply[1] or None, duplicate=True), None)
             else:
-                future.set_result(Published(reply))
+                done(Published(reply), None)
 
-    def _expire(self, parts: list[list[asyncio.Future]]) -> None:
+    def _expire(self, parts: list[list[Done]]) -> None:
         """Fail what is still unanswered after ``OP_DEADLINE``; the connection is suspect."""
-        late = [f for order in parts for f in order if not f.done()]
+        late = [done for order in parts for done in order]
+        for order in parts:
+            order.clear()
         if not late:
             return
         failure = BrokerUnavailable(f"publish: no reply from Redis shard {self.index} "
                                     f"({self.address}) within {OP_DEADLINE}s")
-        for future in late:
-            future.set_exception(failure)
+        for done in late:
+            done(None, failure)
         link = self._cmd
         if link is not None and link.oldest_wait() >= OP_DEADLINE:
             log.warning("Redis shard %d (%s): no reply within %.1fs; reconnecting",
