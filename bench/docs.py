@@ -143,6 +143,27 @@ def hostile_table() -> str:
     return "\n".join(lines)
 
 
+# --- C100k ---------------------------------------------------------------------------------
+
+
+def c100k_table() -> str:
+    path, doc = newest("c100k")
+    lines = [f"From {provenance(path, doc)}: `{doc['command']}`.", "",
+             "| layout | connected (failed) | source addresses | connects/s | server RSS | per connection "
+             "| one broadcast to everyone | `/healthz` p50 / p99 / max (failures) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in doc["results"]:
+        broadcast = ("not complete" if r["broadcast_seconds"] is None else
+                     f"{r['broadcast_seconds'] * 1000:,.0f} ms ({r['broadcast_messages']:,} "
+                     f"message{'s' * (r['broadcast_messages'] > 1)}, {r['delivered']:,} deliveries)")
+        lines.append(f"| {r['layout']} | {r['connected']:,} ({r['failed']}) | {r['source_addresses']} "
+                     f"| {r['connects_per_s']:,} | {r['server_rss_connected_mib']:,.0f} MiB "
+                     f"| {r['rss_bytes_per_connection'] / 1000:.1f} KB | {broadcast} "
+                     f"| {r['healthz_p50_ms']:.1f} / {r['healthz_p99_ms']:.1f} / {r['healthz_max_ms']:.1f} ms "
+                     f"({r['healthz_failures']}) |")
+    return "\n".join(lines)
+
+
 # --- the README's performance table --------------------------------------------------------
 
 
@@ -190,12 +211,19 @@ def performance_table() -> str:
     lines.append(f"| a normal client's echo p99 under attack (worst) | < 50 ms "
                  f"| {worst_p99['echo_p99_ms']:.1f} ms ({worst_p99['attack']}) | {when} "
                  f"| `bench/hostile.py` |")
+    if results("c100k"):
+        _, c = newest("c100k")
+        when = f"{c['date']}, {c['host']['code']['commit'][:7]}"
+        for r in c["results"]:
+            lines.append(f"| {r['connections']:,} connections, {r['layout']}: server memory per "
+                         f"connection | ≤ 10 KB | {r['rss_bytes_per_connection'] / 1000:.1f} KB "
+                         f"({r['failed']} failed) | {when} | `bench/c100k.py` |")
     return "\n".join(lines)
 
 
 TABLES: dict[str, Callable[[], str]] = {
     "performance": performance_table, "fanout": fanout_table, "scaleout": scaleout_table,
-    "hostile": hostile_table,
+    "hostile": hostile_table, "c100k": c100k_table,
 }
 
 

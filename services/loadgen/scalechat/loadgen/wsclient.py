@@ -359,6 +359,7 @@ async def connect(
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     close_timeout: float = 5.0,
     scan: Callable[[bytes], int] | None = None,
+    local_addr: tuple[str, int] | None = None,
 ) -> WSClient:
     """Open ``ws://host[:port]/path?query`` and complete the opening handshake.
 
@@ -369,7 +370,9 @@ async def connect(
     ProtocolError if its 101 response is invalid. A message larger than
     ``max_message_size`` fails the connection with 1009. Give at most one of
     ``on_message`` and ``on_messages``; with neither, read with ``recv()``.
-    ``scan`` is the prefix hook described in :class:`WSClient`.
+    ``scan`` is the prefix hook described in :class:`WSClient`. ``local_addr``
+    binds the socket's source address (past about 28,000 connections to one
+    server port, each source address needs its own range of ephemeral ports).
     """
     if on_message is not None and on_messages is not None:
         raise ValueError("give on_message or on_messages, not both")
@@ -389,7 +392,7 @@ async def connect(
         )
 
     async with asyncio.timeout(timeout):
-        transport, client = await loop.create_connection(factory, host, port)
+        transport, client = await loop.create_connection(factory, host, port, local_addr=local_addr)
         try:
             transport.write(request)
             await client._handshake
