@@ -49,3 +49,10 @@ def test_reserve_goes_into_debt_and_says_how_long_to_wait():
     assert bucket.reserve(0.0, 1500) == 0.0
     assert bucket.reserve(0.0, 1500) == pytest.approx(1.0)  # 1,000 tokens short at 1,000/s
     assert bucket.reserve(1.0, 0) == 0.0  # repaid after a second
+
+
+def test_wait_says_when_the_tokens_are_there_and_takes_nothing():
+    bucket = TokenBucket(rate=10.0, burst=20, now=0.0)
+    assert bucket.wait(0.0, 20) == 0.0 and bucket.wait(0.0, 25) == pytest.approx(0.5)
+    assert bucket.allow(0.0, 20)  # wait took nothing
+    assert bucket.wait(0.0, 5) == pytest.approx(0.5) and bucket.wait(1.0, 5) == 0.0

@@ -37,24 +37,37 @@ from scalechat.chat.ratelimit import TokenBucket
 
 GAP_WEIGHT = 0.125  # weight of the newest gap in the moving average (smooths bursty arrivals)
 PRESENCE_RATE, PRESENCE_BURST = 10.0, 20  # a room's presence frames per second, and at once
+# ... and its presence deliveries (frames x local members) per second, and at once: in a big
+# room every join is a frame to every member, so a join storm would otherwise cost joins x members.
+PRESENCE_DELIVERIES, PRESENCE_DELIVERY_BURST = 20_000.0, 40_000
 
 
 class RoomBatch:
     """One room's local members and the frames broadcast to it since its last flush."""
 
-    __slots__ = ("members", "frames", "seqs", "queued", "batching", "gap", "last_flush",
-                 "presence", "presence_bucket")
+    __slots__ = ("members", "frames", "seqs", "own", "queued", "batching", "gap", "last_flush",
+                 "presence", "presence_bucket", "presence_deliveries")
 
     def __init__(self, gap: float) -> None:
         self.members: set[Connection] = set()
         self.frames: list[bytes] = []
         self.seqs: list[int] = []  # each frame's seq (0 for events), for members still held
+        # Members with frames of their own since the last flush: a flush without room frames
+        # writes them alone, so a joiner's history costs one write, not one call per member.
+        self.own: list[Connection] = []
         self.queued = False  # in a tier's list, waiting for its flush
         self.batching = False
         self.gap = gap  # moving average of the seconds between frames
         self.last_flush = time.perf_counter()
         self.presence: dict[str, bytes] = {}  # name -> its latest presence frame, held back
         self.presence_bucket = TokenBucket(PRESENCE_RATE, PRESENCE_BURST, float("-inf"))
+        self.presence_deliveries = TokenBucket(PRESENCE_DELIVERIES, PRESENCE_DELIVERY_BURST,
+                                               float("-inf"))
+
+    def presence_cost(self) -> int:
+        """Deliveries one presence frame costs: a frame per member, at most the burst (a room
+        bigger than that gets a frame per ``PRESENCE_DELIVERY_BURST / PRESENCE_DELIVERIES`` s)."""
+        return min(len(self.members), PRESENCE_DELIVERY_BURST)
 
 
 class _Tier:
@@ -133,21 +146,29 @@ class Hub:
         return len(batch.members)
 
     def presence(self, room: str, name: str, payload: bytes) -> None:
-        """Queue a presence frame; a room's presence frames are rate-limited (``PRESENCE_RATE``
-        per second, bursts of ``PRESENCE_BURST``) and, over the limit, coalesced to the latest
-        per member name until the next release: a member joining and leaving in a loop costs
-        the others a few frames a second, not one per join. Under the limit they go out at
-        once, in order."""
+        """Queue a presence frame. A room's presence frames are rate-limited twice:
+        ``PRESENCE_RATE`` frames per second (bursts of ``PRESENCE_BURST``), and
+        ``PRESENCE_DELIVERIES`` deliveries per second (frames x members, bursts of
+        ``PRESENCE_DELIVERY_BURST``). Under both limits a frame goes out at once, in
+        order. Over them frames are coalesced to the latest per member name until the
+        next release: a member joining and leaving in a loop costs the others a few
+        frames a second, not one per join. A release sends the newest frames the
+        delivery budget covers (the newest at least) and drops the older ones, whose
+        counts the newer frames supersede: a join storm in a room of thousands costs
+        its members about ``PRESENCE_DELIVERIES`` frames a second in all, not joins x
+        members."""
         batch = self._rooms.get(room)
         if batch is None:
             return
         waiting = batch.presence
         if not waiting:
             now = self._loop.time()
-            if batch.presence_bucket.allow(now):
+            cost = batch.presence_cost()
+            if batch.presence_bucket.allow(now) and batch.presence_deliveries.allow(now, cost):
                 self.broadcast(room, payload)
                 return
-            self._loop.call_at(now + 1 / PRESENCE_RATE, self._release_presence, room, batch)
+            delay = max(1 / PRESENCE_RATE, batch.presence_deliveries.wait(now, cost))
+            self._loop.call_at(now + delay, self._release_presence, room, batch)
         waiting.pop(name, None)
         waiting[name] = payload  # the latest, last in order
 
@@ -155,8 +176,14 @@ class Hub:
         waiting, batch.presence = batch.presence, {}
         if self._rooms.get(room) is not batch:
             return  # the room emptied meanwhile
-        batch.presence_bucket.allow(self._loop.time())  # the release costs one token
-        for payload in waiting.values():
+        now = self._loop.time()
+        batch.presence_bucket.allow(now)  # the release costs one token
+        cost, frames = batch.presence_cost(), list(waiting.values())
+        batch.presence_deliveries.reserve(now, cost)  # the newest: the release was timed for it
+        sent = 1
+        while sent < len(frames) and batch.presence_deliveries.allow(now, cost):
+            sent += 1
+        for payload in frames[-sent:]:
             self.broadcast(room, payload)
 
     def schedule_flush(self, conn: Connection) -> None:
@@ -164,6 +191,7 @@ class Hub:
         if conn.batch is None:  # not (or no longer) in a room: add() sets it, remove() clears it
             self._loop.call_soon(conn.flush)
             return
+        conn.batch.own.append(conn)
         self._queue(conn.batch)
 
     def _queue(self, batch: RoomBatch) -> _Tier:
@@ -188,9 +216,14 @@ class Hub:
         dirty, tier.dirty = tier.dirty, []
         for batch in dirty:
             batch.queued = False
-            frames, seqs = batch.frames, batch.seqs
-            batch.frames, batch.seqs = [], []
-            data = b"" if not frames else frames[0] if len(frames) == 1 else b"".join(frames)
+            frames, seqs, own = batch.frames, batch.seqs, batch.own
+            batch.frames, batch.seqs, batch.own = [], [], []
+            if not frames:  # only members' own frames: theirs alone (still in this room)
+                for conn in dict.fromkeys(own):
+                    if conn.batch is batch:
+                        conn.write_batch(frames, seqs, b"")
+                continue
+            data = frames[0] if len(frames) == 1 else b"".join(frames)
             for conn in list(batch.members):  # a copy: members leave later, but a set must never change mid-loop
                 conn.write_batch(frames, seqs, data)
             if frames and interval:

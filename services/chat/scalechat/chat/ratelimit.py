@@ -32,6 +32,11 @@ class TokenBucket:
         self.consecutive_drops += 1
         return False
 
+    def wait(self, now: float, cost: float) -> float:
+        """Seconds until ``cost`` tokens are there (0 if they are now); takes nothing."""
+        tokens = min(self.burst, self._tokens + max(0.0, now - self._stamp) * self.rate)
+        return 0.0 if tokens >= cost else (cost - tokens) / self.rate
+
     def reserve(self, now: float, cost: float) -> float:
         """Take ``cost`` tokens, going into debt if need be; return the seconds until the
         debt is repaid (0 when there were enough). For a caller that waits instead of dropping."""
