@@ -294,7 +294,7 @@ def main() -> None:
     if len(os.sched_getaffinity(0)) < 2:
         parser.error("needs 2 cores: the server on one, the clients on the other")
     run = Run("c100k", __file__)
-    raise_nofile(args.connections + 4096)
+    raise_nofile(args.connections + 512)  # the sockets, the probe, the interpreter's own files
     os.sched_setaffinity(0, {CLIENT_CORE})
     rows = []
     for layout in args.layouts:
