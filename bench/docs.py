@@ -23,7 +23,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
 FILES = [REPO / "README.md", REPO / "docs" / "benchmarks.md"]
-BLOCK = re.compile(r"(<!-- bench-table: ([a-z-]+) -->\n)(.*?)(<!-- end bench-table -->)", re.S)
+BLOCK = re.compile(r"(<!-- bench-table: ([a-z0-9-]+) -->\n)(.*?)(<!-- end bench-table -->)", re.S)
 
 Doc = dict[str, Any]
 

@@ -44,7 +44,7 @@ class Run:
         self.name = name
         self.started = time.time()
         python = sys.executable
-        if Path(python).resolve().is_relative_to(CODE):  # the checkout's virtualenv
+        if Path(python).is_relative_to(CODE):  # the checkout's virtualenv (not resolved: a symlink)
             python = os.path.relpath(python)
         self.command = shlex.join([python, os.path.relpath(script),
                                    *(sys.argv[1:] if argv is None else argv)])
