@@ -72,7 +72,7 @@ class Node:
     def _deliver(self, room: str, seq: int, payload: bytes, received_at: float) -> None:
         # Once per message per node, whatever the broker: the Redis broker's reader
         # calls this for each message of a subscribed room (local senders' included);
-        # the memory broker calls it inside its own publish.
+        # the memory broker calls it inside submit, before the sender's result.
         self.metrics.broker_received += 1
         delivered = self.hub.broadcast(room, payload, seq, received_at)
         if delivered:
