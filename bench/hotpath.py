@@ -36,21 +36,22 @@ from scalechat.chat.settings import Settings
 from scalechat.hostinfo import host_facts
 
 
-class NullTransport:
-    """Accepts every write and keeps nothing: no syscall, no buffer."""
+class NullLink:
+    """A Link that accepts every write and keeps nothing: no syscall, no buffer."""
+
+    compress = False
 
     def write(self, data: bytes) -> None:
         pass
 
-    def get_write_buffer_size(self) -> int:
+    def writelines(self, parts) -> None:
+        pass
+
+    def buffered(self) -> int:
         return 0
 
-    def is_closing(self) -> bool:
+    def closing(self) -> bool:
         return False
-
-
-class NoDeflate:
-    compress = 0
 
 
 async def run(rooms: int, members: int, messages: int) -> float:
@@ -63,7 +64,7 @@ async def run(rooms: int, members: int, messages: int) -> float:
     conns = []
     for r in range(rooms):
         for m in range(members):
-            conn = Connection(NoDeflate(), NullTransport(), f"bench-{r}", f"c{r}-{m}", 1 << 30,  # type: ignore[arg-type]
+            conn = Connection(NullLink(), f"bench-{r}", f"c{r}-{m}", 1 << 30,  # type: ignore[arg-type]
                               TokenBucket(1e9, 10**9, time.perf_counter()), hub.schedule_flush,
                               lambda conn: None)
             hub.add(conn)

@@ -4,13 +4,14 @@ Read from the source with ``ast`` (imports inside functions included), so a
 lazy import cannot hide a dependency. Within the chat server, from the top:
 
     entry points   serve_cli, chat_cli
-    transport      server, app, listener
+    transport      server, app, listener, aiohttp_link
     node           node, metrics
     hub / broker   hub, connection, broker, broker_memory, broker_redis, redis_shard
     protocol       protocol, errors, framing, wsguard, ratelimit, budget, settings,
-                   redis_scripts, redis_link (sans-I/O rules and leaf helpers)
+                   redis_scripts, redis_link, link (sans-I/O rules, leaf helpers, the
+                   socket interface)
 
-Across packages: the core (src/scalechat) imports no service; the load
+Only the transport layer imports aiohttp (see test below). Across packages: the core (src/scalechat) imports no service; the load
 generator, analysis and the operator import nothing from the chat server.
 """
 
@@ -25,10 +26,10 @@ REPO = Path(__file__).resolve().parent.parent
 CHAT = REPO / "services" / "chat" / "scalechat" / "chat"
 LAYERS = [
     {"protocol", "errors", "framing", "wsguard", "ratelimit", "budget", "settings", "redis_scripts",
-     "redis_link"},
+     "redis_link", "link"},
     {"hub", "connection", "broker", "broker_memory", "broker_redis", "redis_shard"},
     {"node", "metrics"},
-    {"server", "app", "listener"},
+    {"server", "app", "listener", "aiohttp_link"},
     {"serve_cli", "chat_cli"},
 ]
 LAYER = {name: level for level, names in enumerate(LAYERS) for name in names}
@@ -80,3 +81,9 @@ def test_packages_import_no_other_service(root, allowed):
         for name in imported(path):
             if name.startswith(SERVICES) and not name.startswith(allowed):
                 raise AssertionError(f"{path.relative_to(REPO)} imports {name}")
+
+
+def test_only_the_transport_layer_imports_aiohttp():
+    for path in chat_modules():
+        if any(name.split(".")[0] == "aiohttp" for name in imported(path)):
+            assert LAYER[path.stem] >= LAYER["app"], f"{path.stem} imports aiohttp"

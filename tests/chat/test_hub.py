@@ -13,24 +13,25 @@ INTERVAL = 0.02
 
 
 class _Transport:
-    """Records the loop time of every write and how many frames it held."""
+    """A Link that records the loop time of every write and how many frames it held."""
+
+    compress = False
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop, self.writes, self.data, self.buffered = loop, [], b"", 0
+        self.loop, self.writes, self.data, self.unsent = loop, [], b"", 0
 
     def write(self, data: bytes) -> None:
         self.writes.append((self.loop.time(), data.count(b"\x81")))
         self.data += data
 
-    def get_write_buffer_size(self) -> int:
-        return self.buffered
+    def writelines(self, parts) -> None:
+        self.write(b"".join(parts))
 
-    def is_closing(self) -> bool:
+    def buffered(self) -> int:
+        return self.unsent
+
+    def closing(self) -> bool:
         return False
-
-
-class _WS:
-    compress = 0
 
 
 def new_hub(interval: float = INTERVAL) -> Hub:
@@ -42,7 +43,7 @@ def member(hub: Hub, loop, room: str, condemned: list | None = None,
            held: bool = False) -> tuple[Connection, _Transport]:
     """A connection added to ``room``; ``held`` as Node.join holds it until its history is sent."""
     transport = _Transport(loop)
-    conn = Connection(_WS(), transport, room, "n", 1 << 20, TokenBucket(100, 100, 0.0), hub.schedule_flush,
+    conn = Connection(transport, room, "n", 1 << 20, TokenBucket(100, 100, 0.0), hub.schedule_flush,
                       (condemned if condemned is not None else []).append)
     if held:
         conn.hold()
@@ -208,7 +209,7 @@ async def test_a_member_that_cannot_take_the_batch_is_condemned_and_the_others_a
     condemned = []
     slow, slow_t = member(hub, loop, "r", condemned)
     fast, fast_t = member(hub, loop, "r")
-    slow_t.buffered = slow.limit  # the peer stopped reading: its transport is full
+    slow_t.unsent = slow.limit  # the peer stopped reading: its transport is full
     hub.broadcast("r", b"m")
     await asyncio.sleep(0.01)
     assert condemned == [slow] and slow.dead and texts(slow_t) == []

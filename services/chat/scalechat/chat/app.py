@@ -18,6 +18,7 @@ import orjson
 from aiohttp import HttpVersion11, WSMsgType, web
 from aiohttp.http_websocket import WebSocketError
 
+from scalechat.chat.aiohttp_link import AiohttpLink
 from scalechat.chat.broker import create_broker
 from scalechat.chat.budget import MemoryBudget, default_limit
 from scalechat.chat.connection import Connection
@@ -269,7 +270,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         return refusal.response()
     await ws.prepare(request)
     now = time.perf_counter()
-    conn = Connection(ws, request.transport, room, name, settings.send_buffer_bytes,
+    conn = Connection(AiohttpLink(ws, request.transport), room, name, settings.send_buffer_bytes,
                       TokenBucket(settings.rate_limit, settings.rate_burst, now),
                       node.hub.schedule_flush, node.condemn_slow,
                       TokenBucket(settings.rate_limit_bytes,  # 4 s of it, at least one frame

@@ -2,7 +2,8 @@
 
 Nothing here awaits or blocks a broadcast. Room broadcasts are queued once per
 room (see Hub) and handed to ``write_batch`` at the room's flush, already
-joined: one ``transport.write`` per member per flush, with no per-member work
+joined: one write per member per flush (through its :class:`~scalechat.chat.link.Link`),
+with no per-member work
 per message. Frames for this socket alone (its history, its errors) go through
 ``push`` and are written first at the same flush, in the order they were
 queued relative to the room's frames. The bytes waiting for a connection
@@ -19,8 +20,7 @@ import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from aiohttp import WSMsgType, web
-
+from scalechat.chat.link import Link
 from scalechat.chat.ratelimit import TokenBucket
 
 SHARED_WRITE = 65536  # queued bytes from which a flush writes the parts as they are (writelines)
@@ -30,17 +30,15 @@ if TYPE_CHECKING:
 
 
 class Connection:
-    __slots__ = ("ws", "transport", "room", "name", "limit", "bucket", "byte_bucket", "_pending",
+    __slots__ = ("link", "room", "name", "limit", "bucket", "byte_bucket", "_pending",
                  "_pending_bytes", "_held", "dead", "_schedule_flush", "on_overflow", "_deflate", "_deflater",
                  "batch", "mark")
 
-    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport, room: str,
-                 name: str, limit: int, bucket: TokenBucket,
+    def __init__(self, link: Link, room: str, name: str, limit: int, bucket: TokenBucket,
                  schedule_flush: Callable[[Connection], None],
                  on_overflow: Callable[[Connection], None],
                  byte_bucket: TokenBucket | None = None) -> None:
-        self.ws = ws
-        self.transport = transport
+        self.link = link
         self.room = room
         self.name = name
         self.limit = limit
@@ -54,7 +52,7 @@ class Connection:
         self.on_overflow = on_overflow
         # With permessage-deflate negotiated, frames go through aiohttp's compressor one
         # by one (a zlib stream per connection): the costly path the default avoids.
-        self._deflate = bool(ws.compress)
+        self._deflate = link.compress
         self._deflater: asyncio.Task | None = None
         # Set by the Hub (see hub.py): the room's queued frames, and how many of
         # them are not this socket's to write from the batch (queued before it
@@ -119,11 +117,10 @@ class Connection:
             return self.flush()
         if not frames:
             return 0
-        if len(data) + self.transport.get_write_buffer_size() > self.limit:
+        if len(data) + self.link.buffered() > self.limit:
             self._condemn()
             return 0
-        if not self.transport.is_closing():
-            self.transport.write(data)
+        self.link.write(data)
         return len(frames)
 
     def hold(self) -> None:
@@ -153,7 +150,7 @@ class Connection:
         """Write every queued frame in one write; return how many frames."""
         if self.dead or not self._pending:
             return 0
-        if self._pending_bytes + self.transport.get_write_buffer_size() > self.limit:
+        if self._pending_bytes + self.link.buffered() > self.limit:
             self._condemn()
             return 0
         frames = len(self._pending)
@@ -164,17 +161,15 @@ class Connection:
         pending, nbytes = self._pending, self._pending_bytes
         self._pending = []
         self._pending_bytes = 0
-        if self.transport.is_closing():
-            return frames
         if nbytes >= SHARED_WRITE:  # a history: keep referencing the stored messages
-            self.transport.writelines(pending)
+            self.link.writelines(pending)
         else:
-            self.transport.write(pending[0] if frames == 1 else b"".join(pending))
+            self.link.write(pending[0] if frames == 1 else b"".join(pending))
         return frames
 
     def queued_bytes(self) -> int:
         """Bytes waiting for this client: queued here and in the transport."""
-        return self._pending_bytes + self.transport.get_write_buffer_size()
+        return self._pending_bytes + self.link.buffered()
 
     def condemn(self) -> None:
         """Drop what is queued and have the owner close the socket as a slow consumer."""
@@ -193,13 +188,38 @@ class Connection:
         if self._deflater is not None and not self._deflater.done():
             await self._deflater
 
+    async def close(self, code: int, reason: str, timeout: float) -> bool:
+        """Send what is queued, then a close frame; abort if the peer has not finished within
+        ``timeout``. Either way the socket is gone within ``timeout``: a peer that reads
+        nothing never lets a graceful close finish, so it is aborted (file descriptor,
+        buffers and, through its owner, connection slot and presence released).
+
+        Returns whether it was aborted with bytes it never took (a peer that stopped reading).
+        """
+
+        async def graceful() -> None:
+            await self.drain()
+            await self.link.close(code, reason)
+
+        link = self.link
+        try:
+            await asyncio.wait_for(graceful(), timeout)
+            if not link.closing():
+                link.abort()
+            return False
+        except (TimeoutError, ConnectionError, RuntimeError):
+            pass
+        stuck = bool(link.buffered()) or not link.closing()
+        link.abort()
+        return stuck
+
     async def _write_deflated(self) -> None:
         while self._pending:  # _condemn empties it; once dead, push adds nothing
             frame = self._pending.pop(0)
             self._pending_bytes -= len(frame)
             header = 2 if frame[1] < 126 else 4 if frame[1] == 126 else 10
             try:
-                await self.ws.send_frame(frame[header:], WSMsgType.TEXT)
+                await self.link.send_compressed(frame[header:])
             except (ConnectionError, RuntimeError):
                 return
 

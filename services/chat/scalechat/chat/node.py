@@ -236,25 +236,9 @@ class Node:
 
     async def close_connection(self, conn: Connection, code: CloseCode, reason: str,
                                timeout: float = 5.0) -> None:
-        """Send what is queued, then a close frame; abort if the peer has not finished within
-        ``timeout``. Either way the socket is gone within ``timeout``: a peer that reads
-        nothing never lets a graceful close finish, so its transport is aborted (file
-        descriptor, buffers, connection slot and presence released)."""
-
-        async def close() -> None:
-            await conn.drain()
-            await conn.ws.close(code=code, message=reason.encode())
-
-        try:
-            await asyncio.wait_for(close(), timeout)
-            if not conn.transport.is_closing():
-                conn.transport.abort()
-            return
-        except (TimeoutError, ConnectionError, RuntimeError):
-            pass
-        if conn.transport.get_write_buffer_size() or not conn.transport.is_closing():
+        """Close ``conn`` with ``code``: gone within ``timeout`` (see Connection.close)."""
+        if await conn.close(code, reason, timeout):
             self.metrics.close_aborts.inc()
-        conn.transport.abort()
 
     async def _sweep_outgoing(self) -> None:
         """Measure the bytes queued for clients; above their share of the budget, close the
