@@ -20,6 +20,7 @@ import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from scalechat.chat.framing import payload_of
 from scalechat.chat.link import Link
 from scalechat.chat.ratelimit import TokenBucket
 
@@ -217,9 +218,8 @@ class Connection:
         while self._pending:  # _condemn empties it; once dead, push adds nothing
             frame = self._pending.pop(0)
             self._pending_bytes -= len(frame)
-            header = 2 if frame[1] < 126 else 4 if frame[1] == 126 else 10
             try:
-                await self.link.send_compressed(frame[header:])
+                await self.link.send_compressed(payload_of(frame))
             except (ConnectionError, RuntimeError):
                 return
 

@@ -15,12 +15,13 @@ _LEN64 = struct.Struct("!BBQ")
 
 def frame_text(payload: bytes) -> bytes:
     """One unmasked, unfragmented text frame carrying ``payload`` (UTF-8 JSON)."""
-    n = len(payload)
-    if n < 126:
-        return bytes((_FIN_TEXT, n)) + payload
-    if n < 65536:
-        return _LEN16.pack(_FIN_TEXT, 126, n) + payload
-    return _LEN64.pack(_FIN_TEXT, 127, n) + payload
+    return text_header(len(payload)) + payload
+
+
+def payload_of(frame: bytes) -> bytes:
+    """The payload of a frame built here (the inverse of :func:`frame_text`)."""
+    code = frame[1]
+    return frame[2 if code < 126 else 4 if code == 126 else 10:]
 
 
 def text_header(n: int) -> bytes:
