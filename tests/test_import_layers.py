@@ -6,7 +6,8 @@ lazy import cannot hide a dependency. Within the chat server, from the top:
     entry points   serve_cli, chat_cli
     transport      server, app, listener, aiohttp_link
     node           node, metrics
-    hub / broker   hub, connection, broker, broker_memory, broker_redis, redis_shard
+    hub / broker   hub, broker, broker_memory, broker_redis, redis_shard
+    room / outbox  room, connection (sans-I/O: a room's state and policy, one socket's queue)
     protocol       protocol, errors, framing, wsguard, ratelimit, budget, settings,
                    redis_scripts, redis_link, link (sans-I/O rules, leaf helpers, the
                    socket interface)
@@ -27,7 +28,8 @@ CHAT = REPO / "services" / "chat" / "scalechat" / "chat"
 LAYERS = [
     {"protocol", "errors", "framing", "wsguard", "ratelimit", "budget", "settings", "redis_scripts",
      "redis_link", "link"},
-    {"hub", "connection", "broker", "broker_memory", "broker_redis", "redis_shard"},
+    {"room", "connection"},
+    {"hub", "broker", "broker_memory", "broker_redis", "redis_shard"},
     {"node", "metrics"},
     {"server", "app", "listener", "aiohttp_link"},
     {"serve_cli", "chat_cli"},

@@ -6,8 +6,9 @@ import asyncio
 
 from scalechat.chat.connection import Connection
 from scalechat.chat.framing import frame_text
-from scalechat.chat.hub import PRESENCE_BURST, PRESENCE_DELIVERY_BURST, PRESENCE_RATE, Hub
+from scalechat.chat.hub import Hub
 from scalechat.chat.ratelimit import TokenBucket
+from scalechat.chat.room import PRESENCE_BURST, PRESENCE_DELIVERY_BURST, PRESENCE_RATE
 
 INTERVAL = 0.02
 

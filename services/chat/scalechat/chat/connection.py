@@ -27,7 +27,7 @@ from scalechat.chat.ratelimit import TokenBucket
 SHARED_WRITE = 65536  # queued bytes from which a flush writes the parts as they are (writelines)
 
 if TYPE_CHECKING:
-    from scalechat.chat.hub import RoomBatch
+    from scalechat.chat.room import Room
 
 
 class Connection:
@@ -58,7 +58,7 @@ class Connection:
         # Set by the Hub (see hub.py): the room's queued frames, and how many of
         # them are not this socket's to write from the batch (queued before it
         # joined, or already moved into _pending to keep a personal frame's order).
-        self.batch: RoomBatch | None = None
+        self.batch: Room | None = None
         self.mark = 0
 
     def push(self, frame: bytes, seq: int = 0) -> None:
