@@ -12,6 +12,16 @@ frame sent on join counts too): past it the connection is condemned as a slow
 consumer and its owner closes it with 1013. A history frame is queued as parts
 that reference the room's stored messages and written with ``writelines``, so
 joiners share those bytes instead of holding a copy each.
+
+Join ordering, kept here and only here: between :meth:`Connection.hold` and
+:meth:`Connection.release` the room's live frames are set aside with their
+seqs; ``release(history, last_seq)`` queues the history frame first, then the
+held frames whose seq is above ``last_seq`` (and every event), in order. So a
+joiner gets its history, then live messages, with no gap and no repeat, however
+the broker's history read and the room's broadcasts interleave.
+
+Sans I/O: the socket is a :class:`~scalechat.chat.link.Link`; only the
+permessage-deflate path and :meth:`Connection.close` need an event loop.
 """
 
 from __future__ import annotations
