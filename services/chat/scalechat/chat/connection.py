@@ -64,7 +64,7 @@ class Connection:
         # With permessage-deflate negotiated, frames go through aiohttp's compressor one
         # by one (a zlib stream per connection): the costly path the default avoids.
         self._deflate = link.compress
-        self._deflater: asyncio.Task | None = None
+        self._deflater: asyncio.Task[None] | None = None
         # Set by the Hub (see hub.py): the room's queued frames, and how many of
         # them are not this socket's to write from the batch (queued before it
         # joined, or already moved into _pending to keep a personal frame's order).
