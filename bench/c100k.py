@@ -32,11 +32,8 @@ import asyncio
 import math
 import os
 import resource
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -45,7 +42,9 @@ import uvloop
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from document import Run  # noqa: E402  (a sibling script, not a package)
+import components  # noqa: E402  (sibling scripts, not a package)
+from document import Run  # noqa: E402
+from fanout import cpu_seconds  # noqa: E402
 
 from scalechat.loadgen.wsclient import WSClient, connect  # noqa: E402
 
@@ -80,24 +79,6 @@ class Result:
     notes: list[str] = field(default_factory=list)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def raise_nofile(wanted: int) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft >= wanted:
@@ -109,24 +90,21 @@ def raise_nofile(wanted: int) -> None:
                          f"(hard {hard:,}) and raising it needs root") from None
 
 
-def start_server(connections: int) -> tuple[subprocess.Popen, int]:
-    port, metrics_port = free_port(), free_port()
-    cmd = ["taskset", "-c", str(SERVER_CORE), sys.executable, "-m", "scalechat.cli", "serve",
-           "--port", str(port), "--metrics-port", str(metrics_port),
-           "--max-connections", str(connections + 100), "--joins-per-address", "0",
-           "--rate-limit", "1000000", "--rate-burst", "1000000", "--log-level", "warning"]
-    # The limit raised in this process is inherited by the server.
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
-            return proc, port
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise SystemExit("bench/c100k.py: the server did not start") from None
-            time.sleep(0.05)
+def start_server(connections: int, run_dir: Path) -> tuple[components.Pinned, int]:
+    """A fresh server pinned to its core, answering /healthz; its log in ``run_dir``."""
+    port, metrics_port = components.free_ports(2)
+    argv = [sys.executable, "-m", "scalechat.cli", "serve", "--port", str(port),
+            "--metrics-port", str(metrics_port), "--max-connections", str(connections + 100),
+            "--joins-per-address", "0", "--rate-limit", "1000000", "--rate-burst", "1000000",
+            "--log-level", "warning"]
+    # The open-file limit raised in this process is inherited by the server.
+    server = components.start_pinned("server", SERVER_CORE, argv, run_dir / "server.log")
+    try:
+        components.wait_for(server, lambda: components.http_ok(f"http://127.0.0.1:{port}/healthz"))
+    except BaseException:
+        server.stop()
+        raise
+    return server, port
 
 
 class Probe:
@@ -168,7 +146,7 @@ async def measure(layout: str, args: argparse.Namespace) -> Result:
     n, per_room = args.connections, LAYOUTS[layout]
     rooms = 1 if not per_room else math.ceil(n / per_room)
     addresses = math.ceil(n / args.per_address)
-    proc, port = start_server(n)
+    server, port = start_server(n, args.run_dir / layout)
     notes: list[str] = []
     clients: list[WSClient | None] = [None] * n
     received = [0]
@@ -185,11 +163,11 @@ async def measure(layout: str, args: argparse.Namespace) -> Result:
     probe = Probe(port)
     try:
         await asyncio.sleep(0.5)
-        rss_idle = rss_bytes(proc.pid)
+        rss_idle = components.rss_bytes(server.pid)
         probe.start()
         failed = 0
         next_index = 0
-        cpu0, started = cpu_seconds(proc.pid), time.perf_counter()
+        cpu0, started = cpu_seconds(server.pid), time.perf_counter()
 
         async def opener() -> None:
             nonlocal next_index, failed
@@ -209,11 +187,11 @@ async def measure(layout: str, args: argparse.Namespace) -> Result:
         async with asyncio.timeout(args.deadline):
             await asyncio.gather(*(opener() for _ in range(args.concurrency)))
         connect_seconds = time.perf_counter() - started
-        connect_cpu = cpu_seconds(proc.pid) - cpu0
+        connect_cpu = cpu_seconds(server.pid) - cpu0
         connected = sum(1 for c in clients if c is not None)
         # Presence settles (rate-limited per room), then the idle footprint.
         await asyncio.sleep(args.settle)
-        rss_connected = rss_bytes(proc.pid)
+        rss_connected = components.rss_bytes(server.pid)
         # One broadcast: one sender per room.
         senders = ([next(c for c in clients if c is not None)] if not per_room else
                    [c for c in clients[::per_room] if c is not None])
@@ -238,8 +216,7 @@ async def measure(layout: str, args: argparse.Namespace) -> Result:
         for client in clients:
             if client is not None and client._transport is not None:
                 client._transport.abort()
-        proc.kill()
-        proc.wait()
+        server.stop()
     latencies = np.array(probe.latencies) * 1000 if probe.latencies else np.array([0.0])
     return Result(
         layout=layout, connections=n, rooms=rooms, source_addresses=addresses,
@@ -282,6 +259,8 @@ def main() -> None:
     parser.add_argument("--deadline", type=float, default=180.0,
                         help="seconds each of connecting and the broadcast may take")
     parser.add_argument("--json", type=Path, default=Path("build/bench/c100k.json"))
+    parser.add_argument("--run-dir", type=Path, default=Path("build/bench/c100k-run"),
+                        help="the server's log of each layout")
     args = parser.parse_args()
     if not 1 <= args.connections <= 200_000:
         parser.error("--connections must be between 1 and 200000")

@@ -17,7 +17,8 @@ BENCH = Path(__file__).resolve().parents[2] / "bench" / "c100k.py"
 def test_every_connection_gets_the_broadcast_in_both_layouts(tmp_path):
     out = tmp_path / "c100k.json"
     done = subprocess.run([sys.executable, str(BENCH), "--connections", "300", "--per-address", "120",
-                           "--settle", "0.5", "--deadline", "60", "--json", str(out)],
+                           "--settle", "0.5", "--deadline", "60", "--json", str(out),
+                           "--run-dir", str(tmp_path / "run")],
                           capture_output=True, text=True, timeout=200)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     report = json.loads(out.read_text())
