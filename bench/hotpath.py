@@ -75,7 +75,7 @@ async def run(rooms: int, members: int, messages: int) -> float:
     start = time.process_time()
     for i in range(messages):
         k = i % len(conns)
-        await node.handle_text(conns[k], texts[k])
+        node.handle_text(conns[k], texts[k])
         await asyncio.sleep(0)  # one message per loop tick, as at moderate load: the flushes due run
     await asyncio.sleep(settings.flush_interval_ms / 1000 * 2)
     spent = time.process_time() - start

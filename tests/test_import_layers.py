@@ -4,11 +4,11 @@ Read from the source with ``ast`` (imports inside functions included), so a
 lazy import cannot hide a dependency. Within the chat server, from the top:
 
     entry points   serve_cli, chat_cli
-    transport      server, app, listener, aiohttp_link
+    transport      server, app, listener, client_socket
     node           node, metrics
     hub / broker   hub, broker, broker_memory, broker_redis, redis_shard
     room / outbox  room, connection (sans-I/O: a room's state and policy, one socket's queue)
-    protocol       protocol, errors, framing, wsguard, ratelimit, budget, settings,
+    protocol       protocol, errors, framing, deflate, ratelimit, budget, settings,
                    redis_scripts, redis_link, link (sans-I/O rules, leaf helpers, the
                    socket interface)
 
@@ -26,12 +26,12 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 CHAT = REPO / "services" / "chat" / "scalechat" / "chat"
 LAYERS = [
-    {"protocol", "errors", "framing", "wsguard", "ratelimit", "budget", "settings", "redis_scripts",
+    {"protocol", "errors", "framing", "deflate", "ratelimit", "budget", "settings", "redis_scripts",
      "redis_link", "link"},
     {"room", "connection"},
     {"hub", "broker", "broker_memory", "broker_redis", "redis_shard"},
     {"node", "metrics"},
-    {"server", "app", "listener", "aiohttp_link"},
+    {"server", "app", "listener", "client_socket"},
     {"serve_cli", "chat_cli"},
 ]
 LAYER = {name: level for level, names in enumerate(LAYERS) for name in names}

@@ -184,7 +184,7 @@ async def test_a_joiner_gets_nothing_queued_before_it_joined_and_a_leaver_keeps_
     await asyncio.sleep(0.01)
     assert texts(late_t) == [b"after", b"gone"]
     assert texts(early_t) == []  # it left: its queued frames wait for its close
-    await early.drain()
+    early.drain()
     assert texts(early_t) == [b"before", b"after"]
 
 
@@ -224,7 +224,7 @@ async def test_a_held_member_that_leaves_before_its_history_is_sent_nothing_from
     joiner, joiner_t = member(hub, loop, "r", held=True)
     hub.broadcast("r", b"s1", seq=1)
     hub.remove(joiner)  # e.g. the broker failed before its history could be read
-    await joiner.drain()
+    joiner.drain()
     assert texts(joiner_t) == []
 
 

@@ -15,15 +15,17 @@ from urllib.parse import urlsplit
 
 import jwt
 import orjson
-from aiohttp import HttpVersion11, WSMsgType, web
-from aiohttp.http_websocket import WebSocketError
+from aiohttp import HttpVersion11, web
+from aiohttp.http_websocket import WSHandshakeError, ws_ext_gen, ws_ext_parse
 
-from scalechat.chat.aiohttp_link import AiohttpLink
 from scalechat.chat.broker import create_broker
 from scalechat.chat.budget import MemoryBudget, default_limit
+from scalechat.chat.client_socket import ClientSocket, Heartbeat
 from scalechat.chat.connection import Connection
+from scalechat.chat.deflate import Deflate
 from scalechat.chat.errors import BrokerUnavailable
 from scalechat.chat.hub import Hub
+from scalechat.chat.listener import take_over
 from scalechat.chat.metrics import Metrics
 from scalechat.chat.node import Node
 from scalechat.chat.protocol import (CloseCode, RefusalReason, parse_since, validate_name,
@@ -31,6 +33,7 @@ from scalechat.chat.protocol import (CloseCode, RefusalReason, parse_since, vali
 from scalechat.chat.ratelimit import TokenBucket
 from scalechat.chat.settings import Settings
 from scalechat.hostinfo import host_facts
+from scalechat.wsframes import accept_key
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,7 @@ settings_key = web.AppKey("settings", Settings)
 node_key = web.AppKey("node", Node)
 metrics_key = web.AppKey("metrics", Metrics)
 state_key = web.AppKey("state", dict)
+heartbeat_key = web.AppKey("heartbeat", Heartbeat)
 
 
 class Refused(Exception):
@@ -83,12 +87,14 @@ async def _node_ctx(app: web.Application):
     metrics.watch_budget(budget)
     node = Node(settings, create_broker(settings, budget), metrics, hub, budget)
     app[metrics_key], app[node_key] = metrics, node
+    app[heartbeat_key] = heartbeat = Heartbeat(asyncio.get_running_loop(), settings.heartbeat_seconds)
     if settings.metrics_port:
         metrics.serve(settings.host, settings.metrics_port)
     await node.start()
     yield
     await node.close_all(CloseCode.GOING_AWAY, "going away", settings.grace_seconds)
     await node.close()
+    heartbeat.stop()
     metrics.stop()
 
 
@@ -149,13 +155,13 @@ async def debug_stall(request: web.Request) -> web.Response:
 # --- the WebSocket endpoint -----------------------------------------------------------
 
 
-def _admit(request: web.Request, ws: web.WebSocketResponse) -> tuple[str, str, int | None, str | None]:
+def _admit(request: web.Request) -> tuple[str, str, int | None, str | None]:
     """Check everything before the upgrade; return (room, name, since, epoch) or raise Refused."""
     settings, node = request.app[settings_key], request.app[node_key]
     if request.version < HttpVersion11:
         # aiohttp would answer 101 on HTTP/1.0; RFC 6455 section 4.1 requires 1.1 or later.
         raise Refused(400, "a WebSocket upgrade needs HTTP/1.1 or later", RefusalReason.BAD_HANDSHAKE)
-    if not ws.can_prepare(request).ok:
+    if not web.WebSocketResponse().can_prepare(request).ok:
         raise Refused(400, "not a WebSocket handshake: it needs 'Upgrade: websocket', "
                            "'Connection: Upgrade', 'Sec-WebSocket-Version: 13' and a "
                            "Sec-WebSocket-Key of 16 bytes in base64 (RFC 6455 section 4.1)",
@@ -259,63 +265,66 @@ def _token_problem(exc: jwt.InvalidTokenError) -> str:
 
 
 async def websocket(request: web.Request) -> web.StreamResponse:
+    """Check the upgrade, answer 101, hand the socket to a ClientSocket, then join the room.
+
+    The 101 is written here, not by aiohttp's WebSocketResponse: after it the
+    socket belongs to scalechat's own protocol (see ``client_socket``).
+    """
     settings, node = request.app[settings_key], request.app[node_key]
-    ws = web.WebSocketResponse(
-        heartbeat=settings.heartbeat_seconds, max_msg_size=settings.max_message_bytes,
-        compress=settings.compression, autoping=True)
     try:
-        room, name, since, epoch = _admit(request, ws)
+        room, name, since, epoch = _admit(request)
     except Refused as refusal:
         node.metrics.connections_refused.labels(reason=refusal.label).inc()
         return refusal.response()
-    await ws.prepare(request)
+    deflate, extension = _negotiate_deflate(request, settings)
+    sock = ClientSocket(node, request.app[heartbeat_key], settings.max_message_bytes, deflate)
     now = time.perf_counter()
-    conn = Connection(AiohttpLink(ws, request.transport), room, name, settings.send_buffer_bytes,
-                      TokenBucket(settings.rate_limit, settings.rate_burst, now),
-                      node.hub.schedule_flush, node.condemn_slow,
-                      TokenBucket(settings.rate_limit_bytes,  # 4 s of it, at least one frame
-                                  max(4 * settings.rate_limit_bytes, settings.max_message_bytes), now))
+    conn = sock.conn = Connection(
+        sock, room, name, settings.send_buffer_bytes,
+        TokenBucket(settings.rate_limit, settings.rate_burst, now),
+        node.hub.schedule_flush, node.condemn_slow,
+        TokenBucket(settings.rate_limit_bytes,  # 4 s of it, at least one frame
+                    max(4 * settings.rate_limit_bytes, settings.max_message_bytes), now))
+    take_over(request.protocol, sock, _switching_protocols(request, node.name, extension))
     try:
         await node.join(conn, since, epoch)
-        await _receive_loop(ws, conn, node)
     except BrokerUnavailable:
-        await node.close_connection(conn, CloseCode.TRY_AGAIN_LATER, "broker unavailable, retry")
-    except Exception:
-        log.exception("connection to room %s failed", room)
-        await node.close_connection(conn, CloseCode.INTERNAL_ERROR, "internal error")
-    finally:
+        node.close_soon(conn, CloseCode.TRY_AGAIN_LATER, "broker unavailable, retry")
         await node.leave(conn)
-        if not ws.closed and not conn.dead:
-            await node.close_connection(conn, CloseCode.NORMAL, "")
-    return ws
+    except Exception:
+        log.exception("joining room %s failed", room)
+        node.close_soon(conn, CloseCode.INTERNAL_ERROR, "internal error")
+        await node.leave(conn)
+    else:
+        if not sock.start():  # lost while joining
+            await node.leave(conn)
+    return UPGRADED
 
 
-async def _receive_loop(ws: web.WebSocketResponse, conn: Connection, node: Node) -> None:
-    rejected = node.metrics.rejected
-    while True:
-        msg = await ws.receive()
-        kind = msg.type
-        if kind is WSMsgType.TEXT:
-            if conn.dead:
-                continue
-            close = await node.handle_text(conn, msg.data)
-            if close is not None:
-                await node.close_connection(conn, close, "rate limit exceeded persistently")
-                return
-        elif kind is WSMsgType.BINARY:
-            rejected.labels(reason="binary").inc()
-            await node.close_connection(conn, CloseCode.UNSUPPORTED_DATA,
-                                        "binary frames are not supported; send JSON text")
-            return
-        elif kind is WSMsgType.ERROR:
-            # aiohttp has already closed with the matching code (1009 too big, 1007 bad
-            # UTF-8, 1002 a frame breaking RFC 6455: see listener.CheckedReader).
-            exc = msg.data
-            code = exc.code if isinstance(exc, WebSocketError) else None
-            label = {CloseCode.MESSAGE_TOO_BIG: "too_big", CloseCode.INVALID_TEXT: "invalid_utf8",
-                     CloseCode.PROTOCOL_ERROR: "protocol_error"}
-            if code in label:
-                rejected.labels(reason=label[code]).inc()
-            return
-        else:  # CLOSE, CLOSING, CLOSED
-            return
+# What the upgrade's request handler returns: never written (the socket is no longer aiohttp's).
+UPGRADED = web.StreamResponse(status=101)
+
+
+def _switching_protocols(request: web.Request, node: str, extension: str | None) -> bytes:
+    """The 101 response (RFC 6455 section 4.2.2)."""
+    lines = ["HTTP/1.1 101 Switching Protocols", "Upgrade: websocket", "Connection: Upgrade",
+             f"Sec-WebSocket-Accept: {accept_key(request.headers['Sec-WebSocket-Key'])}",
+             f"{NODE_HEADER}: {node}"]
+    if extension:
+        lines.append(f"Sec-WebSocket-Extensions: {extension}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def _negotiate_deflate(request: web.Request, settings: Settings) -> tuple[Deflate | None, str | None]:
+    """permessage-deflate, if enabled and offered: (the codec, the response's extension header)."""
+    if not settings.compression:
+        return None, None
+    try:
+        window_bits, no_takeover = ws_ext_parse(request.headers.get("Sec-WebSocket-Extensions"),
+                                                isserver=True)
+    except WSHandshakeError:
+        return None, None  # an offer we cannot accept: no compression (section 9.1)
+    if not window_bits:
+        return None, None
+    return (Deflate(window_bits, not no_takeover),
+            ws_ext_gen(compress=window_bits, isserver=True, server_notakeover=no_takeover))

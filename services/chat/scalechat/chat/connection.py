@@ -20,13 +20,12 @@ held frames whose seq is above ``last_seq`` (and every event), in order. So a
 joiner gets its history, then live messages, with no gap and no repeat, however
 the broker's history read and the room's broadcasts interleave.
 
-Sans I/O: the socket is a :class:`~scalechat.chat.link.Link`; only the
-permessage-deflate path and :meth:`Connection.close` need an event loop.
+Sans I/O: the socket is a :class:`~scalechat.chat.link.Link`; only
+:meth:`Connection.close`, which waits for the peer, needs an event loop.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -42,7 +41,7 @@ if TYPE_CHECKING:
 
 class Connection:
     __slots__ = ("link", "room", "name", "limit", "bucket", "byte_bucket", "_pending",
-                 "_pending_bytes", "_held", "dead", "_schedule_flush", "on_overflow", "_deflate", "_deflater",
+                 "_pending_bytes", "_held", "dead", "_schedule_flush", "on_overflow", "_deflate",
                  "batch", "mark")
 
     def __init__(self, link: Link, room: str, name: str, limit: int, bucket: TokenBucket,
@@ -61,10 +60,9 @@ class Connection:
         self.dead = False
         self._schedule_flush = schedule_flush
         self.on_overflow = on_overflow
-        # With permessage-deflate negotiated, frames go through aiohttp's compressor one
-        # by one (a zlib stream per connection): the costly path the default avoids.
+        # With permessage-deflate negotiated, frames go through the connection's compressor
+        # one by one (a zlib stream per connection): the costly path the default avoids.
         self._deflate = link.compress
-        self._deflater: asyncio.Task[None] | None = None
         # Set by the Hub (see hub.py): the room's queued frames, and how many of
         # them are not this socket's to write from the batch (queued before it
         # joined, or already moved into _pending to keep a personal frame's order).
@@ -115,7 +113,7 @@ class Connection:
     def write_batch(self, frames: list[bytes], seqs: list[int], data: bytes) -> int:
         """At the room's flush: write our own frames, then ``frames`` (``data`` is them joined).
 
-        Returns how many frames were written or handed to the compressor.
+        Returns how many frames were written.
         """
         mark, self.mark = self.mark, 0
         if self.dead:
@@ -165,14 +163,13 @@ class Connection:
             self._condemn()
             return 0
         frames = len(self._pending)
-        if self._deflate:
-            if self._deflater is None or self._deflater.done():
-                self._deflater = asyncio.get_running_loop().create_task(self._write_deflated())
-            return frames
         pending, nbytes = self._pending, self._pending_bytes
         self._pending = []
         self._pending_bytes = 0
-        if nbytes >= SHARED_WRITE:  # a history: keep referencing the stored messages
+        if self._deflate:
+            for frame in pending:
+                self.link.send_compressed(payload_of(frame))
+        elif nbytes >= SHARED_WRITE:  # a history: keep referencing the stored messages
             self.link.writelines(pending)
         else:
             self.link.write(pending[0] if frames == 1 else b"".join(pending))
@@ -187,51 +184,17 @@ class Connection:
         if not self.dead:
             self._condemn()
 
-    async def drain(self) -> None:
-        """Write every frame queued so far, then take no more (``push`` drops them).
-
-        Uncompressed, that is one write now; with deflate it waits for the
-        compressor to get through the queue.
-        """
+    def drain(self) -> None:
+        """Write every frame queued so far, then take no more (``push`` drops them)."""
         self._catch_up()
         self.flush()
         self.dead = True
-        if self._deflater is not None and not self._deflater.done():
-            await self._deflater
 
     async def close(self, code: int, reason: str, timeout: float) -> bool:
-        """Send what is queued, then a close frame; abort if the peer has not finished within
-        ``timeout``. Either way the socket is gone within ``timeout``: a peer that reads
-        nothing never lets a graceful close finish, so it is aborted (file descriptor,
-        buffers and, through its owner, connection slot and presence released).
-
-        Returns whether it was aborted with bytes it never took (a peer that stopped reading).
-        """
-
-        async def graceful() -> None:
-            await self.drain()
-            await self.link.close(code, reason)
-
-        link = self.link
-        try:
-            await asyncio.wait_for(graceful(), timeout)
-            if not link.closing():
-                link.abort()
-            return False
-        except (TimeoutError, ConnectionError, RuntimeError):
-            pass
-        stuck = bool(link.buffered()) or not link.closing()
-        link.abort()
-        return stuck
-
-    async def _write_deflated(self) -> None:
-        while self._pending:  # _condemn empties it; once dead, push adds nothing
-            frame = self._pending.pop(0)
-            self._pending_bytes -= len(frame)
-            try:
-                await self.link.send_compressed(payload_of(frame))
-            except (ConnectionError, RuntimeError):
-                return
+        """Write what is queued, then close the socket (see :meth:`Link.close`: gone within
+        twice ``timeout``). Returns whether it was aborted with bytes it never took."""
+        self.drain()
+        return await self.link.close(code, reason, timeout)
 
     def _condemn(self) -> None:
         self.dead = True

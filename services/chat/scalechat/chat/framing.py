@@ -9,6 +9,7 @@ from __future__ import annotations
 import struct
 
 _FIN_TEXT = 0x81  # FIN bit + opcode 0x1 (text)
+_RSV1 = 0x40  # permessage-deflate: a compressed message (RFC 7692 section 6)
 _LEN16 = struct.Struct("!BBH")
 _LEN64 = struct.Struct("!BBQ")
 
@@ -24,10 +25,18 @@ def payload_of(frame: bytes) -> bytes:
     return frame[2 if code < 126 else 4 if code == 126 else 10:]
 
 
-def text_header(n: int) -> bytes:
+def text_header(n: int, compressed: bool = False) -> bytes:
     """The header of an unmasked, unfragmented text frame of ``n`` payload bytes."""
+    b0 = _FIN_TEXT | _RSV1 if compressed else _FIN_TEXT
     if n < 126:
-        return bytes((_FIN_TEXT, n))
+        return bytes((b0, n))
     if n < 65536:
-        return _LEN16.pack(_FIN_TEXT, 126, n)
-    return _LEN64.pack(_FIN_TEXT, 127, n)
+        return _LEN16.pack(b0, 126, n)
+    return _LEN64.pack(b0, 127, n)
+
+
+def control_frame(opcode: int, payload: bytes = b"") -> bytes:
+    """One unmasked control frame (close 0x8, ping 0x9, pong 0xA) of at most 125 bytes."""
+    if len(payload) > 125:
+        raise ValueError(f"a control frame carries at most 125 bytes, not {len(payload)}")
+    return bytes((0x80 | opcode, len(payload))) + payload

@@ -4,8 +4,8 @@ A :class:`Link` is the only way the outbox (:class:`~scalechat.chat.connection.C
 and the node reach a client socket: frames already built (``write``,
 ``writelines``), the bytes still buffered, a compressed frame when the client
 negotiated permessage-deflate, and closing. Nothing above it touches aiohttp or
-the transport; ``aiohttp_link.AiohttpLink`` is the implementation over an
-upgraded aiohttp WebSocket.
+the transport; ``client_socket.ClientSocket`` is the implementation over the
+upgraded socket.
 """
 
 from __future__ import annotations
@@ -31,13 +31,16 @@ class Link(Protocol):
         """Whether the socket is closing or closed: writes are dropped."""
         ...
 
-    async def send_compressed(self, payload: bytes) -> None:
-        """One text frame through the connection's compressor. Raises ConnectionError,
-        RuntimeError once the socket is gone."""
+    def send_compressed(self, payload: bytes) -> None:
+        """Queue one text frame carrying ``payload`` through the connection's compressor."""
 
-    async def close(self, code: int, reason: str) -> None:
-        """The closing handshake: a close frame, then the peer's. May wait on the peer;
-        callers bound it with a timeout and :meth:`abort`."""
+    async def close(self, code: int, reason: str, timeout: float) -> bool:
+        """The closing handshake, bounded: a close frame, then up to ``timeout`` for the
+        peer's; then the TCP close after what is buffered, aborted if the peer has not
+        taken it within ``timeout`` more. A peer that reads nothing never lets a graceful
+        close finish, so the socket is gone within twice ``timeout`` (file descriptor and
+        buffers released). Returns whether it was aborted with bytes the peer never took."""
+        ...
 
     def abort(self) -> None:
         """Drop the socket now (file descriptor and buffers released); idempotent."""

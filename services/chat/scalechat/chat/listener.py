@@ -24,10 +24,10 @@ logged in one line per interval, never one per connection.
 
 :class:`GatedRequestHandler` is aiohttp's per-connection protocol with three
 additions: it reports to the gate when it opens, upgrades, closes or has sent
-too much; after the upgrade it passes the client's bytes through
-:class:`~scalechat.chat.wsguard.ClientFrameCheck`; and it answers a malformed
-HTTP request with a 400 of our own wording, logged like the closures instead
-of with a traceback per request.
+too much; at the upgrade it hands the socket over to scalechat's own protocol
+(:meth:`GatedRequestHandler.take_over`) and lets go of it; and it answers a
+malformed HTTP request with a 400 of our own wording, logged like the closures
+instead of with a traceback per request.
 """
 
 from __future__ import annotations
@@ -44,7 +44,6 @@ from aiohttp.http_exceptions import (BadHttpMethod, BadStatusLine, HttpProcessin
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from scalechat.chat.settings import Settings
-from scalechat.chat.wsguard import ClientFrameCheck
 
 log = logging.getLogger("scalechat.chat.listener")
 
@@ -53,11 +52,6 @@ LOG_INTERVAL_SECONDS = 10.0
 # under a connection flood, and a SYN dropped then waits 1 s for its retransmission:
 # a real client's p99 went from 0.3 s to 1.7 s in bench/slowloris.py.
 BACKLOG = 1024
-
-# A frame aiohttp's reader fails with 1002 at its first two bytes: FIN, the
-# reserved opcode 0x3 (RFC 6455 section 5.2), mask bit, empty payload. See
-# CheckedReader for why a violation is reported to the reader this way.
-_REJECTED_BY_READER = bytes((0x80 | 0x3, 0x80))
 
 
 class IntervalLog:
@@ -205,46 +199,16 @@ def _malformed_reason(exc: HttpProcessingError) -> str:
     return "malformed request head"
 
 
-class CheckedReader:
-    """aiohttp's frame reader behind a :class:`ClientFrameCheck`.
-
-    The protocol calls ``feed_data`` and ``feed_eof``; everything that passes
-    the check goes to the reader unchanged. On a violation the reader gets the
-    bytes before the offending frame and then a frame it rejects itself with
-    1002: its message queue is private (a C attribute), so this is the one way
-    to fail the connection through aiohttp's own path, the same as for the
-    rules it checks: the handler's ``receive()`` gets the error, a close frame
-    with 1002 is sent and the transport closed.
-    """
-
-    __slots__ = ("_reader", "_check")
-
-    def __init__(self, reader: Any) -> None:
-        self._reader = reader
-        self._check = ClientFrameCheck()
-
-    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
-        if self._check.violation is not None:
-            return True, b""
-        passed, violation = self._check.feed(data)
-        if violation is None:
-            return self._reader.feed_data(passed) if passed else (False, b"")
-        log.debug("failing a WebSocket: %s", violation.reason)
-        return self._reader.feed_data(passed + _REJECTED_BY_READER)
-
-    def feed_eof(self) -> None:
-        self._reader.feed_eof()
-
-
 class GatedRequestHandler(web.RequestHandler):
     """aiohttp's connection protocol, reporting to a :class:`HandshakeGate`."""
 
-    __slots__ = ("_gate", "_bytes_left")
+    __slots__ = ("_gate", "_bytes_left", "_taken_over")
 
     def __init__(self, manager: web.Server, gate: HandshakeGate, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._gate = gate
         self._bytes_left: int | None = gate.max_bytes  # None once upgraded
+        self._taken_over = False
 
     def data_received(self, data: bytes) -> None:
         if self._bytes_left is not None:
@@ -262,12 +226,17 @@ class GatedRequestHandler(web.RequestHandler):
         self._gate.done(self)
         super().connection_lost(exc)
 
-    def set_parser(self, parser: Any, data_received_cb: Callable[[], None] | None = None) -> None:
-        # Called by WebSocketResponse.prepare() at the upgrade, before any
-        # bytes that followed the request head reach the reader.
+    def let_go(self) -> None:
+        """The socket is taken over (:func:`take_over`): no longer pending, nothing more to write."""
         self._gate.done(self)
         self._bytes_left = None
-        super().set_parser(CheckedReader(parser), data_received_cb)
+        self._taken_over = True
+
+    async def finish_response(self, request: Any, resp: web.StreamResponse,
+                              start_time: float | None) -> tuple[web.StreamResponse, bool]:
+        if self._taken_over:
+            return resp, True
+        return await super().finish_response(request, resp, start_time)
 
     def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:
@@ -277,6 +246,37 @@ class GatedRequestHandler(web.RequestHandler):
             response.force_close()
             return response
         return super().handle_error(request, status, exc, message)
+
+
+def take_over(handler: web.RequestHandler, protocol: asyncio.Protocol, head: bytes) -> None:
+    """Write ``head`` (the 101 response) and give ``handler``'s socket to ``protocol``.
+
+    The bytes the client sent after its upgrade request go to
+    ``protocol.data_received``; from then on the transport calls ``protocol``
+    only. ``handler`` lets go: it leaves the server's connection list (and
+    the gate), closes nothing, and writes nothing more, whatever its request
+    handler returns (a plain RequestHandler's attempt fails quietly on the
+    transport it no longer has).
+    """
+    transport = handler.transport
+    assert transport is not None, "take_over() during the request, before any await that may lose it"
+    if isinstance(handler, GatedRequestHandler):
+        handler.let_go()
+    # aiohttp's private state: the bytes after the upgrade request, and what would close the
+    # transport when the request handler returns (start() closes nothing once _force_close).
+    tail, handler._message_tail = handler._message_tail, b""
+    handler._force_close = True
+    if handler._keepalive_handle is not None:
+        handler._keepalive_handle.cancel()
+        handler._keepalive_handle = None
+    if handler._manager is not None:
+        handler._manager.connection_lost(handler, None)
+    handler.transport = None
+    transport.write(head)
+    transport.set_protocol(protocol)
+    protocol.connection_made(transport)
+    if tail:
+        protocol.data_received(tail)
 
 
 async def listen(runner: web.AppRunner, settings: Settings,

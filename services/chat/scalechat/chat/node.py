@@ -30,6 +30,8 @@ from scalechat.chat.settings import Settings
 log = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT = 2.0  # seconds a condemned socket gets to take its close frame before the abort
+_VIOLATIONS = {CloseCode.UNSUPPORTED_DATA: "binary", CloseCode.MESSAGE_TOO_BIG: "too_big",
+               CloseCode.INVALID_TEXT: "invalid_utf8", CloseCode.PROTOCOL_ERROR: "protocol_error"}
 
 
 class Node:
@@ -155,19 +157,24 @@ class Node:
 
     # --- client frames ------------------------------------------------------------
 
-    async def handle_text(self, conn: Connection, text: str) -> CloseCode | None:
-        """Handle one client text frame; return a close code if the socket must close."""
+    def read_delay(self, conn: Connection, size: int) -> float:
+        """Reserve ``size`` bytes of ``conn``'s bytes-per-second budget; return how long the
+        message must wait (its socket is read later: TCP pushes back on the sender)."""
+        assert conn.byte_bucket is not None
+        wait = conn.byte_bucket.reserve(time.perf_counter(), size)
+        if wait:
+            self.metrics.throttled.inc()
+        return wait
+
+    def count_violation(self, code: int) -> None:
+        """A client frame broke the WebSocket protocol; its connection closes with ``code``."""
+        label = _VIOLATIONS.get(code)
+        if label is not None:
+            self.metrics.rejected.labels(reason=label).inc()
+
+    def handle_text(self, conn: Connection, text: str) -> CloseCode | None:
+        """Handle one client text message; return a close code if the socket must close."""
         received_at = time.perf_counter()
-        if conn.byte_bucket is not None:
-            # Over its bytes per second a client is not dropped but read later: while this
-            # waits, aiohttp stops reading the socket once 64 KiB are buffered, and TCP
-            # pushes back on the sender at no cost to the server.
-            size = len(text) if text.isascii() else len(text.encode())
-            wait = conn.byte_bucket.reserve(received_at, size)
-            if wait:
-                self.metrics.throttled.inc()
-                await asyncio.sleep(wait)
-                received_at = time.perf_counter()
         if not conn.bucket.allow(received_at):
             self._reject(conn, ErrorCode.RATE_LIMITED, "rate limit exceeded: message dropped",
                          extract_cid(text))
@@ -226,6 +233,12 @@ class Node:
         """Overflow callback: close with 1013 without blocking the broadcast."""
         self.metrics.slow_consumers.inc()
         self.close_soon(conn, CloseCode.TRY_AGAIN_LATER, "slow consumer", CLOSE_TIMEOUT)
+
+    def leave_soon(self, conn: Connection) -> None:
+        """``leave`` from a callback (a socket lost after its join)."""
+        task = asyncio.get_running_loop().create_task(self.leave(conn))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     def close_soon(self, conn: Connection, code: CloseCode, reason: str,
                    timeout: float = CLOSE_TIMEOUT) -> None:
