@@ -59,18 +59,40 @@ def _ms(value: float | None) -> str:
 # --- fan-out ----------------------------------------------------------------------------
 
 
-def _fanout_rows(doc: Doc) -> dict[tuple[str, str, bool], Doc]:
-    """(scenario, server, saturation) -> the first round's measurement."""
+def _fanout_rows(doc: Doc, round_index: int = 0) -> dict[tuple[str, str, bool], Doc]:
+    """(scenario, server, saturation) -> one round's measurement (the first by default)."""
     out: dict[tuple[str, str, bool], Doc] = {}
-    for m in doc["rounds"][0]:  # a saturation run's scenario is marked with a *
+    for m in doc["rounds"][round_index]:  # a saturation run's scenario is marked with a *
         out[(m["scenario"].rstrip("*"), m["server"], m["scenario"].endswith("*"))] = m
     return out
+
+
+def _median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
+
+def _median_range(values: list[float], fmt: Callable[[float], str]) -> str:
+    """One value, or the median over the rounds with their range."""
+    if len(values) == 1:
+        return fmt(values[0])
+    return f"{fmt(_median(values))} ({fmt(min(values))}-{fmt(max(values))}, {len(values)} rounds)"
+
+
+def short_host(doc: Doc) -> str:
+    """The CPU's maker and family, enough to tell hosts apart in one table."""
+    model = doc["host"]["cpu_model"]
+    for name in ("EPYC", "Xeon", "Ryzen", "Core"):
+        if name in model:
+            return ("AMD " if "AMD" in model else "Intel " if "Intel" in model else "") + name
+    return model
 
 
 def fanout_table() -> str:
     path, doc = newest("fanout")
     rows = _fanout_rows(doc)
-    lines = [f"From {provenance(path, doc)}: `{doc['command']}`.", "",
+    rounds = len(doc["rounds"])
+    first = f" The first of {rounds} rounds:" if rounds > 1 else ""
+    lines = [f"From {provenance(path, doc)}: `{doc['command']}`.{first}", "",
              "| scenario | server | offered/s | delivered/s | CPU µs per delivery (vs naive) | kernel share "
              "| writes per delivery | echo p50 / p99 |", "|---|---|---|---|---|---|---|---|"]
     for (scenario, server, saturated), m in sorted(rows.items(), key=lambda kv: (kv[0][0], kv[0][2])):
@@ -85,10 +107,15 @@ def fanout_table() -> str:
     return "\n".join(lines)
 
 
-def fanout_ratio(doc: Doc, scenario: str) -> float | None:
-    rows = _fanout_rows(doc)
-    ours, naive = rows.get((scenario, "scalechat", False)), rows.get((scenario, "naive", False))
-    return ours["cpu_us_per_delivery"] / naive["cpu_us_per_delivery"] if ours and naive else None
+def fanout_ratios(doc: Doc, scenario: str) -> list[float]:
+    """scalechat's CPU per delivery over the naive server's, each within one round."""
+    out = []
+    for index in range(len(doc["rounds"])):
+        rows = _fanout_rows(doc, index)
+        ours, naive = rows.get((scenario, "scalechat", False)), rows.get((scenario, "naive", False))
+        if ours and naive:
+            out.append(ours["cpu_us_per_delivery"] / naive["cpu_us_per_delivery"])
+    return out
 
 
 # --- scale-out --------------------------------------------------------------------------
@@ -167,22 +194,31 @@ def c100k_table() -> str:
 # --- the README's performance table --------------------------------------------------------
 
 
+def measured(doc: Doc) -> str:
+    return f"{doc['date']}, {doc['host']['code']['commit'][:7]}, {short_host(doc)}"
+
+
 def performance_table() -> str:
     lines = ["| what | target | latest | measured | reproduce |", "|---|---|---|---|---|"]
     fan_path, fan = newest("fanout")
-    rows = _fanout_rows(fan)
-    when = f"{fan['date']}, {fan['host']['code']['commit'][:7]}"
+    when = measured(fan)
     for scenario, target in (("1x100", "≤ 0.33x"), ("100x4", "≤ 0.9x")):
+        ratios = fanout_ratios(fan, scenario)
         lines.append(f"| CPU per delivery vs a naive aiohttp server, {scenario.replace('x', ' x ')} "
                      f"at {fan['options']['loads'][scenario]:,}/s | {target} "
-                     f"| {_x(fanout_ratio(fan, scenario))} | {when} | `bench/fanout.py` |")
-    ours, naive = rows.get(("100x4", "scalechat", False)), rows.get(("100x4", "naive", False))
-    if ours and naive:
+                     f"| {_median_range(ratios, _x) if ratios else '-'} | {when} | `bench/fanout.py` |")
+    p99 = {server: [rows[("100x4", server, False)]["echo_p99_ms"]
+                    for rows in (_fanout_rows(fan, i) for i in range(len(fan["rounds"])))
+                    if ("100x4", server, False) in rows]
+           for server in ("scalechat", "naive")}
+    if p99["scalechat"] and p99["naive"]:
+        rounds = len(p99["scalechat"])
+        medians = " (medians)" if rounds > 1 else ""
         lines.append(f"| echo p99, 100 x 4 at {fan['options']['loads']['100x4']:,}/s (naive server's) "
-                     f"| < 1 ms, ≤ naive | {_ms(ours['echo_p99_ms'])} ({_ms(naive['echo_p99_ms'])}) "
-                     f"| {when} | `bench/fanout.py` |")
+                     f"| < 1 ms, ≤ naive | {_ms(_median(p99['scalechat']))} "
+                     f"({_ms(_median(p99['naive']))}){medians} | {when} | `bench/fanout.py` |")
     so_path, so = newest("scaleout")
-    s, when = so["summary"], f"{so['date']}, {so['host']['code']['commit'][:7]}"
+    s, when = so["summary"], measured(so)
     cmd = "`bench/scaleout.py`"
     lines.append(f"| replica CPU per delivery, Redis / memory broker, 100 x 4 | ≤ 1.5x "
                  f"| {_x(s['replica_cpu_ratio_redis_vs_memory'].get('100x4'))} | {when} | {cmd} |")
@@ -200,7 +236,7 @@ def performance_table() -> str:
         lines.append(f"| deliveries per CPU-second at 10,000/s, 2 replicas + 2 shards / 1 + 1 | - "
                      f"| {s['scaleout']['ratio']:.2f}x | {when} | {cmd} |")
     ho_path, ho = newest("hostile")
-    when = f"{ho['date']}, {ho['host']['code']['commit'][:7]}"
+    when = measured(ho)
     worst_rss = max(ho["results"], key=lambda r: r["peak_rss_mib"])
     worst_p99 = max(ho["results"], key=lambda r: r["echo_p99_ms"])
     lines.append(f"| peak RSS under the worst of {len(ho['results'])} attacks, "
@@ -213,7 +249,7 @@ def performance_table() -> str:
                  f"| `bench/hostile.py` |")
     if results("c100k"):
         _, c = newest("c100k")
-        when = f"{c['date']}, {c['host']['code']['commit'][:7]}"
+        when = measured(c)
         for r in c["results"]:
             lines.append(f"| {r['connections']:,} connections, {r['layout']}: server memory per "
                          f"connection | ≤ 10 KB | {r['rss_bytes_per_connection'] / 1000:.1f} KB "

@@ -1,14 +1,14 @@
 """scalechat's own per-message work, without sockets: what the server adds to the floor.
 
-Drives the real Node, MemoryBroker and Hub (rate limit, JSON parse and
-checks, seq, encode, history, framing, the room's flush and one
-``write_batch`` per member) with text frames as the WebSocket layer hands
-them over, for rooms of a given size. Transports are stand-ins whose write
-does nothing, so the figure leaves out exactly what bench/fanout.py's floor
-server measures (the kernel's loopback cost and the least Python that moves
-the bytes) and what aiohttp spends receiving a frame. One message is handled
-per loop tick, as at moderate load: a quiet room is flushed after each, a
-busy one at its window.
+Drives the real ClientSocket, Node, MemoryBroker and Hub (frame parsing and
+unmasking, UTF-8, rate limit, JSON parse and checks, seq, encode, history,
+framing, the room's flush and one ``write_batch`` per member) with masked
+client frames as the socket hands them over, for rooms of a given size.
+Transports are stand-ins whose write does nothing, so the figure leaves out
+exactly what bench/fanout.py's floor server measures (the kernel's loopback
+cost and the least Python that moves the bytes). One message is handled per
+loop tick, as at moderate load: a quiet room is flushed after each, a busy
+one at its window.
 
     .venv/bin/python bench/hotpath.py [--rooms 100] [--members 4] [--messages 200000]
 
@@ -27,6 +27,7 @@ import orjson
 import uvloop
 
 from scalechat.chat.broker_memory import MemoryBroker
+from scalechat.chat.client_socket import ClientSocket
 from scalechat.chat.connection import Connection
 from scalechat.chat.hub import Hub
 from scalechat.chat.metrics import Metrics
@@ -34,12 +35,11 @@ from scalechat.chat.node import Node
 from scalechat.chat.ratelimit import TokenBucket
 from scalechat.chat.settings import Settings
 from scalechat.hostinfo import host_facts
+from scalechat.loadgen.wsprotocol import Opcode, encode_frame
 
 
-class NullLink:
-    """A Link that accepts every write and keeps nothing: no syscall, no buffer."""
-
-    compress = False
+class NullTransport:
+    """A transport that accepts every write and keeps nothing: no syscall, no buffer."""
 
     def write(self, data: bytes) -> None:
         pass
@@ -47,11 +47,17 @@ class NullLink:
     def writelines(self, parts) -> None:
         pass
 
-    def buffered(self) -> int:
+    def get_write_buffer_size(self) -> int:
         return 0
 
-    def closing(self) -> bool:
+    def is_closing(self) -> bool:
         return False
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
 
 
 async def run(rooms: int, members: int, messages: int) -> float:
@@ -61,21 +67,26 @@ async def run(rooms: int, members: int, messages: int) -> float:
     hub = Hub(asyncio.get_running_loop(), metrics.observe_processing, settings.flush_interval_ms / 1000)
     node = Node(settings, MemoryBroker(settings), metrics, hub)
     await node.start()
-    conns = []
+    sockets = []
     for r in range(rooms):
         for m in range(members):
-            conn = Connection(NullLink(), f"bench-{r}", f"c{r}-{m}", 1 << 30,  # type: ignore[arg-type]
-                              TokenBucket(1e9, 10**9, time.perf_counter()), hub.schedule_flush,
-                              lambda conn: None)
+            sock = ClientSocket(node, None, settings.max_message_bytes)
+            now = time.perf_counter()
+            sock.conn = conn = Connection(
+                sock, f"bench-{r}", f"c{r}-{m}", 1 << 30, TokenBucket(1e9, 10**9, now),
+                hub.schedule_flush, lambda conn: None, TokenBucket(1e12, 10**12, now))
+            sock.connection_made(NullTransport())  # type: ignore[arg-type]
             hub.add(conn)
             await node.broker.subscribe(conn.room)
-            conns.append(conn)
-    texts = [orjson.dumps({"type": "message", "text": f"c{i}:{time.time():.6f}:" + "x" * 60}).decode()
-             for i in range(len(conns))]
+            sock.start()
+            sockets.append(sock)
+    frames = [encode_frame(Opcode.TEXT, orjson.dumps(
+        {"type": "message", "text": f"c{i}:{time.time():.6f}:" + "x" * 60}))
+        for i in range(len(sockets))]
     start = time.process_time()
     for i in range(messages):
-        k = i % len(conns)
-        node.handle_text(conns[k], texts[k])
+        k = i % len(sockets)
+        sockets[k].data_received(frames[k])
         await asyncio.sleep(0)  # one message per loop tick, as at moderate load: the flushes due run
     await asyncio.sleep(settings.flush_interval_ms / 1000 * 2)
     spent = time.process_time() - start
