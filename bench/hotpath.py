@@ -28,7 +28,7 @@ import uvloop
 
 from scalechat.chat.broker_memory import MemoryBroker
 from scalechat.chat.client_socket import ClientSocket
-from scalechat.chat.connection import Connection
+from scalechat.chat.outbox import Outbox
 from scalechat.chat.hub import Hub
 from scalechat.chat.metrics import Metrics
 from scalechat.chat.node import Node
@@ -72,7 +72,7 @@ async def run(rooms: int, members: int, messages: int) -> float:
         for m in range(members):
             sock = ClientSocket(node, None, settings.max_message_bytes)
             now = time.perf_counter()
-            sock.conn = conn = Connection(
+            sock.conn = conn = Outbox(
                 sock, f"bench-{r}", f"c{r}-{m}", 1 << 30, TokenBucket(1e9, 10**9, now),
                 hub.schedule_flush, lambda conn: None, TokenBucket(1e12, 10**12, now))
             sock.connection_made(NullTransport())  # type: ignore[arg-type]

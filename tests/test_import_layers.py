@@ -7,7 +7,7 @@ lazy import cannot hide a dependency. Within the chat server, from the top:
     transport      server, app, listener, client_socket
     node           node, metrics
     hub / broker   hub, broker, broker_memory, broker_redis, redis_shard
-    room / outbox  room, connection (sans-I/O: a room's state and policy, one socket's queue)
+    room / outbox  room, outbox (sans-I/O: a room's state and policy, one socket's queue)
     protocol       protocol, errors, framing, deflate, ratelimit, budget, settings,
                    redis_scripts, redis_link, link (sans-I/O rules, leaf helpers, the
                    socket interface)
@@ -28,7 +28,7 @@ CHAT = REPO / "services" / "chat" / "scalechat" / "chat"
 LAYERS = [
     {"protocol", "errors", "framing", "deflate", "ratelimit", "budget", "settings", "redis_scripts",
      "redis_link", "link"},
-    {"room", "connection"},
+    {"room", "outbox"},
     {"hub", "broker", "broker_memory", "broker_redis", "redis_shard"},
     {"node", "metrics"},
     {"server", "app", "listener", "client_socket"},

@@ -14,7 +14,7 @@ import orjson
 from raw_ws import client_frame, close_payload, message
 from scalechat.chat.broker import create_broker
 from scalechat.chat.client_socket import ClientSocket, Heartbeat
-from scalechat.chat.connection import Connection
+from scalechat.chat.outbox import Outbox
 from scalechat.chat.hub import Hub
 from scalechat.chat.metrics import Metrics
 from scalechat.chat.node import Node
@@ -77,7 +77,7 @@ async def session(settings: Settings, heartbeat: Heartbeat | None = None):
     await node.start()
     sock = ClientSocket(node, heartbeat, settings.max_message_bytes)
     now = loop.time()
-    sock.conn = conn = Connection(sock, "r", "n", 1 << 20, TokenBucket(1000, 1000, now),
+    sock.conn = conn = Outbox(sock, "r", "n", 1 << 20, TokenBucket(1000, 1000, now),
                                   hub.schedule_flush, node.condemn_slow,
                                   TokenBucket(settings.rate_limit_bytes,
                                               settings.rate_limit_bytes, now))

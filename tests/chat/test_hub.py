@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from scalechat.chat.connection import Connection
+from scalechat.chat.outbox import Outbox
 from scalechat.chat.framing import frame_text
 from scalechat.chat.hub import Hub
 from scalechat.chat.ratelimit import TokenBucket
@@ -41,10 +41,10 @@ def new_hub(interval: float = INTERVAL) -> Hub:
 
 
 def member(hub: Hub, loop, room: str, condemned: list | None = None,
-           held: bool = False) -> tuple[Connection, _Transport]:
+           held: bool = False) -> tuple[Outbox, _Transport]:
     """A connection added to ``room``; ``held`` as Node.join holds it until its history is sent."""
     transport = _Transport(loop)
-    conn = Connection(transport, room, "n", 1 << 20, TokenBucket(100, 100, 0.0), hub.schedule_flush,
+    conn = Outbox(transport, room, "n", 1 << 20, TokenBucket(100, 100, 0.0), hub.schedule_flush,
                       (condemned if condemned is not None else []).append)
     if held:
         conn.hold()

@@ -21,7 +21,7 @@ from aiohttp.http_websocket import WSHandshakeError, ws_ext_gen, ws_ext_parse
 from scalechat.chat.broker import create_broker
 from scalechat.chat.budget import MemoryBudget, default_limit
 from scalechat.chat.client_socket import ClientSocket, Heartbeat
-from scalechat.chat.connection import Connection
+from scalechat.chat.outbox import Outbox
 from scalechat.chat.deflate import Deflate
 from scalechat.chat.errors import BrokerUnavailable
 from scalechat.chat.hub import Hub
@@ -279,7 +279,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     deflate, extension = _negotiate_deflate(request, settings)
     sock = ClientSocket(node, request.app[heartbeat_key], settings.max_message_bytes, deflate)
     now = time.perf_counter()
-    conn = sock.conn = Connection(
+    conn = sock.conn = Outbox(
         sock, room, name, settings.send_buffer_bytes,
         TokenBucket(settings.rate_limit, settings.rate_burst, now),
         node.hub.schedule_flush, node.condemn_slow,

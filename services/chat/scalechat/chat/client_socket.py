@@ -34,7 +34,7 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, cast
 
-from scalechat.chat.connection import Connection
+from scalechat.chat.outbox import Outbox
 from scalechat.chat.deflate import Deflate
 from scalechat.chat.framing import control_frame
 from scalechat.chat.protocol import CloseCode
@@ -65,7 +65,7 @@ class ClientSocket(asyncio.Protocol):
         self._parser = FrameParser(max_message_bytes, masked=True, text_only=True,
                                    inflater=deflate)
         self._transport: asyncio.Transport | None = None
-        self.conn: Connection | None = None
+        self.conn: Outbox | None = None
         # Messages read and not handled yet (joining, or throttled); None when there are none.
         self._backlog: collections.deque[bytes] | None = collections.deque()
         self._reserved = False  # the backlog's first message has its bytes reserved already
@@ -140,7 +140,7 @@ class ClientSocket(asyncio.Protocol):
             if not self._handle_one(conn, node, payload):
                 return
 
-    def _handle_one(self, conn: Connection, node: Node, payload: bytes) -> bool:
+    def _handle_one(self, conn: Outbox, node: Node, payload: bytes) -> bool:
         """One message; False if the connection is being closed (read nothing more)."""
         if conn.dead or self._close_sent:
             return False

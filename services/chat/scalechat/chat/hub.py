@@ -32,7 +32,7 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from scalechat.chat.connection import Connection
+from scalechat.chat.outbox import Outbox
 from scalechat.chat.framing import frame_text
 from scalechat.chat.room import Room
 
@@ -74,10 +74,10 @@ class Hub:
         batch = self._rooms.get(room)
         return batch is not None and batch.batching
 
-    def connections(self) -> list[Connection]:
+    def connections(self) -> list[Outbox]:
         return [c for batch in self._rooms.values() for c in batch.members]
 
-    def add(self, conn: Connection) -> int:
+    def add(self, conn: Outbox) -> int:
         """Add to its room; return the local member count."""
         batch = self._rooms.get(conn.room)
         if batch is None:
@@ -87,7 +87,7 @@ class Hub:
         self.connection_count += 1
         return len(batch.members)
 
-    def remove(self, conn: Connection) -> int:
+    def remove(self, conn: Outbox) -> int:
         batch = self._rooms.get(conn.room)
         if batch is None or conn not in batch.members:
             return len(batch.members) if batch else 0
@@ -129,7 +129,7 @@ class Hub:
         for payload in batch.release_presence(self._loop.time()):
             self.broadcast(room, payload)
 
-    def schedule_flush(self, conn: Connection) -> None:
+    def schedule_flush(self, conn: Outbox) -> None:
         """``conn`` has frames of its own to write: they go out at its room's flush."""
         if conn.batch is None:  # not (or no longer) in a room: add() sets it, remove() clears it
             self._loop.call_soon(conn.flush)

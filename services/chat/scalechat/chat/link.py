@@ -1,6 +1,6 @@
 """The socket under one connection, as the rest of the server sees it.
 
-A :class:`Link` is the only way the outbox (:class:`~scalechat.chat.connection.Connection`)
+A :class:`Link` is the only way the outbox (:class:`~scalechat.chat.outbox.Outbox`)
 and the node reach a client socket: frames already built (``write``,
 ``writelines``), the bytes still buffered, a compressed frame when the client
 negotiated permessage-deflate, and closing. Nothing above it touches aiohttp or

@@ -17,7 +17,7 @@ import orjson
 
 from scalechat.chat.broker import Broker, Draft, History, Published
 from scalechat.chat.budget import SWEEP_SECONDS, MemoryBudget
-from scalechat.chat.connection import Connection
+from scalechat.chat.outbox import Outbox
 from scalechat.chat.errors import BrokerUnavailable, ProtocolError
 from scalechat.chat.hub import Hub
 from scalechat.chat.metrics import Metrics
@@ -44,7 +44,7 @@ class Node:
         self.hub = hub
         self.name = settings.node_name
         self._closing: set[asyncio.Task] = set()
-        self._joined: set[Connection] = set()  # joined and not yet left: leave() runs once each
+        self._joined: set[Outbox] = set()  # joined and not yet left: leave() runs once each
         self._left = asyncio.Event()  # set whenever the last joined connection has left
         self._left.set()
         self._room_locks: dict[str, list] = {}  # room -> [lock, users]
@@ -89,7 +89,7 @@ class Node:
 
     # --- membership ---------------------------------------------------------------
 
-    async def join(self, conn: Connection, since: int | None, epoch: str | None) -> None:
+    async def join(self, conn: Outbox, since: int | None, epoch: str | None) -> None:
         """Add ``conn``: history first, then live messages, with no gap and no repeat."""
         conn.hold()
         self._joined.add(conn)
@@ -119,7 +119,7 @@ class Node:
         return History(history.epoch, history.last_seq, kept,
                        history.continuity_lost or since is not None)
 
-    async def leave(self, conn: Connection) -> None:
+    async def leave(self, conn: Outbox) -> None:
         """Undo ``join`` (at most once per connection, whoever calls first)."""
         if conn not in self._joined:
             return
@@ -148,7 +148,7 @@ class Node:
             if entry[1] == 0:
                 del self._room_locks[room]
 
-    async def _announce(self, conn: Connection, event: str, delta: int) -> None:
+    async def _announce(self, conn: Outbox, event: str, delta: int) -> None:
         try:
             count = await self.broker.presence(conn.room, delta)
             await self.broker.publish_event(conn.room, encode_presence(conn.room, event, conn.name, count))
@@ -157,7 +157,7 @@ class Node:
 
     # --- client frames ------------------------------------------------------------
 
-    def read_delay(self, conn: Connection, size: int) -> float:
+    def read_delay(self, conn: Outbox, size: int) -> float:
         """Reserve ``size`` bytes of ``conn``'s bytes-per-second budget; return how long the
         message must wait (its socket is read later: TCP pushes back on the sender)."""
         assert conn.byte_bucket is not None
@@ -172,7 +172,7 @@ class Node:
         if label is not None:
             self.metrics.rejected.labels(reason=label).inc()
 
-    def handle_text(self, conn: Connection, text: str) -> CloseCode | None:
+    def handle_text(self, conn: Outbox, text: str) -> CloseCode | None:
         """Handle one client text message; return a close code if the socket must close."""
         received_at = time.perf_counter()
         if not conn.bucket.allow(received_at):
@@ -195,7 +195,7 @@ class Node:
             self._unavailable(conn, request.cid)
         return None
 
-    def _on_published(self, conn: Connection, cid: str | None, published: Published | None,
+    def _on_published(self, conn: Outbox, cid: str | None, published: Published | None,
                       error: BaseException | None) -> None:
         if published is not None:
             self._published(conn, cid, published)
@@ -205,11 +205,11 @@ class Node:
             log.error("publish to room %s failed: %r", conn.room, error)
             self.close_soon(conn, CloseCode.INTERNAL_ERROR, "internal error")
 
-    def _unavailable(self, conn: Connection, cid: str | None) -> None:
+    def _unavailable(self, conn: Outbox, cid: str | None) -> None:
         self._reject(conn, ErrorCode.UNAVAILABLE, "message maybe not stored: the broker is "
                      "unavailable; resend it with the same cid", cid)
 
-    def _published(self, conn: Connection, cid: str | None, published: Published) -> None:
+    def _published(self, conn: Outbox, cid: str | None, published: Published) -> None:
         if published.duplicate:
             # A resent cid: acknowledge with the stored message (its original seq), to the
             # sender alone; the room saw it once.
@@ -223,33 +223,33 @@ class Node:
             return
         self.metrics.received += 1
 
-    def _reject(self, conn: Connection, code: ErrorCode, reason: str, cid: str | None) -> None:
+    def _reject(self, conn: Outbox, code: ErrorCode, reason: str, cid: str | None) -> None:
         self.metrics.rejected.labels(reason=code.value).inc()
         conn.push(frame_text(encode_error(code, reason, cid)))
 
     # --- closing ------------------------------------------------------------------
 
-    def condemn_slow(self, conn: Connection) -> None:
+    def condemn_slow(self, conn: Outbox) -> None:
         """Overflow callback: close with 1013 without blocking the broadcast."""
         self.metrics.slow_consumers.inc()
         self.close_soon(conn, CloseCode.TRY_AGAIN_LATER, "slow consumer", CLOSE_TIMEOUT)
 
-    def leave_soon(self, conn: Connection) -> None:
+    def leave_soon(self, conn: Outbox) -> None:
         """``leave`` from a callback (a socket lost after its join)."""
         task = asyncio.get_running_loop().create_task(self.leave(conn))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
-    def close_soon(self, conn: Connection, code: CloseCode, reason: str,
+    def close_soon(self, conn: Outbox, code: CloseCode, reason: str,
                    timeout: float = CLOSE_TIMEOUT) -> None:
         task = asyncio.get_running_loop().create_task(
             self.close_connection(conn, code, reason, timeout))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
-    async def close_connection(self, conn: Connection, code: CloseCode, reason: str,
+    async def close_connection(self, conn: Outbox, code: CloseCode, reason: str,
                                timeout: float = 5.0) -> None:
-        """Close ``conn`` with ``code``: gone within ``timeout`` (see Connection.close)."""
+        """Close ``conn`` with ``code``: gone within ``timeout`` (see Outbox.close)."""
         if await conn.close(code, reason, timeout):
             self.metrics.close_aborts.inc()
 
@@ -276,7 +276,7 @@ class Node:
 
     async def close_all(self, code: CloseCode, reason: str, timeout: float) -> None:
         """Close every socket and announce its leave while the broker is still up."""
-        async def close_and_leave(conn: Connection) -> None:
+        async def close_and_leave(conn: Outbox) -> None:
             await self.close_connection(conn, code, reason, timeout)
             await self.leave(conn)
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from scalechat.chat.ratelimit import TokenBucket
 
 if TYPE_CHECKING:
-    from scalechat.chat.connection import Connection
+    from scalechat.chat.outbox import Outbox
 
 GAP_WEIGHT = 0.125  # weight of the newest gap in the moving average (smooths bursty arrivals)
 PRESENCE_RATE, PRESENCE_BURST = 10.0, 20  # a room's presence frames per second, and at once
@@ -37,12 +37,12 @@ class Room:
                  "presence", "presence_bucket", "presence_deliveries")
 
     def __init__(self, gap: float, now: float) -> None:
-        self.members: set[Connection] = set()
+        self.members: set[Outbox] = set()
         self.frames: list[bytes] = []  # framed broadcasts since the last flush
         self.seqs: list[int] = []  # each frame's seq (0 for events), for members still held
         # Members with frames of their own since the last flush: a flush without room frames
         # writes them alone, so a joiner's history costs one write, not one call per member.
-        self.own: list[Connection] = []
+        self.own: list[Outbox] = []
         self.queued = False  # in a tier's list, waiting for its flush
         self.batching = False
         self.gap = gap  # moving average of the seconds between frames (until measured: prompt)
@@ -58,7 +58,7 @@ class Room:
         self.frames.append(frame)
         self.seqs.append(seq)
 
-    def take(self) -> tuple[list[bytes], list[int], list[Connection]]:
+    def take(self) -> tuple[list[bytes], list[int], list[Outbox]]:
         """The frames, their seqs and the members with frames of their own, since the last
         flush; the room starts empty again."""
         taken = self.frames, self.seqs, self.own

@@ -13,15 +13,15 @@ consumer and its owner closes it with 1013. A history frame is queued as parts
 that reference the room's stored messages and written with ``writelines``, so
 joiners share those bytes instead of holding a copy each.
 
-Join ordering, kept here and only here: between :meth:`Connection.hold` and
-:meth:`Connection.release` the room's live frames are set aside with their
+Join ordering, kept here and only here: between :meth:`Outbox.hold` and
+:meth:`Outbox.release` the room's live frames are set aside with their
 seqs; ``release(history, last_seq)`` queues the history frame first, then the
 held frames whose seq is above ``last_seq`` (and every event), in order. So a
 joiner gets its history, then live messages, with no gap and no repeat, however
 the broker's history read and the room's broadcasts interleave.
 
 Sans I/O: the socket is a :class:`~scalechat.chat.link.Link`; only
-:meth:`Connection.close`, which waits for the peer, needs an event loop.
+:meth:`Outbox.close`, which waits for the peer, needs an event loop.
 """
 
 from __future__ import annotations
@@ -39,14 +39,14 @@ if TYPE_CHECKING:
     from scalechat.chat.room import Room
 
 
-class Connection:
+class Outbox:
     __slots__ = ("link", "room", "name", "limit", "bucket", "byte_bucket", "_pending",
                  "_pending_bytes", "_held", "dead", "_schedule_flush", "on_overflow", "_deflate",
                  "batch", "mark")
 
     def __init__(self, link: Link, room: str, name: str, limit: int, bucket: TokenBucket,
-                 schedule_flush: Callable[[Connection], None],
-                 on_overflow: Callable[[Connection], None],
+                 schedule_flush: Callable[[Outbox], None],
+                 on_overflow: Callable[[Outbox], None],
                  byte_bucket: TokenBucket | None = None) -> None:
         self.link = link
         self.room = room

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from scalechat.chat.connection import SHARED_WRITE, Connection
+from scalechat.chat.outbox import SHARED_WRITE, Outbox
 from scalechat.chat.framing import frame_text
 from scalechat.chat.ratelimit import TokenBucket
 
@@ -35,9 +35,9 @@ class RecordingLink:
         return out
 
 
-def outbox(limit: int = 1 << 20) -> tuple[Connection, RecordingLink, list, list]:
+def outbox(limit: int = 1 << 20) -> tuple[Outbox, RecordingLink, list, list]:
     link, scheduled, condemned = RecordingLink(), [], []
-    conn = Connection(link, "r", "n", limit, TokenBucket(100, 100, 0.0), scheduled.append, condemned.append)
+    conn = Outbox(link, "r", "n", limit, TokenBucket(100, 100, 0.0), scheduled.append, condemned.append)
     return conn, link, scheduled, condemned
 
 
