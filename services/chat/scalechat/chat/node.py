@@ -45,7 +45,8 @@ class Node:
         self.name = settings.node_name
         self._closing: set[asyncio.Task] = set()
         self._joined: set[Outbox] = set()  # joined and not yet left: leave() runs once each
-        self._left = asyncio.Event()  # set whenever the last joined connection has left
+        self._leaving = 0  # leaves announcing now
+        self._left = asyncio.Event()  # set once every joined connection has left, announced
         self._left.set()
         self._room_locks: dict[str, list] = {}  # room -> [lock, users]
         self._sweeper: asyncio.Task | None = None
@@ -124,13 +125,15 @@ class Node:
         if conn not in self._joined:
             return
         self._joined.discard(conn)
+        self._leaving += 1
         try:
             async with self._room_lock(conn.room):
                 if self.hub.remove(conn) == 0:
                     await self.broker.unsubscribe(conn.room)
             await self._announce(conn, "leave", -1)
         finally:
-            if not self._joined:
+            self._leaving -= 1
+            if not self._joined and not self._leaving:
                 self._left.set()
 
     @contextlib.asynccontextmanager
