@@ -177,29 +177,27 @@ class FrameParser:
         append = messages.append
         limit = self.max_message_size
         masked = self._masked
+        mask_bit = 0x80 if masked else 0
         key_size = 4 if masked else 0
+        short = 2 + key_size  # header bytes with a 7-bit length
         # While a fragmented message is in progress a final text/binary frame is
         # an error (section 5.4), so it must not take the fast path.
         fin_text, fin_binary = self._fast_opcodes()
         n = len(data)
         pos = 0
         while pos < n:
-            if pos + 2 > n:
-                need = 2
+            if pos + short > n:  # every frame has at least these header bytes
+                need = short
                 break
             b0 = data[pos]
-            length = data[pos + 1]
-            if (length > 127) is not masked:
+            length = data[pos + 1] ^ mask_bit  # the 7-bit length, or > 127 if the mask bit is wrong
+            if length > 127:
                 self._fail(CloseCode.PROTOCOL_ERROR,
                            "client frames must be masked (RFC 6455 section 5.1)" if masked
                            else "masked frame from server")
                 return messages
-            length &= 0x7F
             if length < 126:
-                start = pos + 2 + key_size
-                if start > n:
-                    need = start - pos
-                    break
+                start = pos + short
             elif length == 126:
                 start = pos + 4 + key_size
                 if start > n:
