@@ -54,7 +54,7 @@ class ClientSocket(asyncio.Protocol):
 
     __slots__ = ("_transport", "_parser", "_deflate", "compress", "conn", "_node", "_backlog",
                  "_reserved", "_joined", "_lost", "_close_sent", "_peer_closed", "_closed", "_gone",
-                 "_seen", "_idle", "_heartbeat", "_resume_handle")
+                 "_seen", "_idle", "_heartbeat", "_resume_handle", "_stopped")
 
     def __init__(self, node: Node, heartbeat: Heartbeat | None, max_message_bytes: int,
                  deflate: Deflate | None = None) -> None:
@@ -70,6 +70,7 @@ class ClientSocket(asyncio.Protocol):
         self._backlog: collections.deque[bytes] | None = collections.deque()
         self._reserved = False  # the backlog's first message has its bytes reserved already
         self._joined = False
+        self._stopped = False  # closing by our decision: read on (for the peer's close), handle nothing
         self._lost = False
         self._close_sent = False
         self._peer_closed = False
@@ -141,8 +142,8 @@ class ClientSocket(asyncio.Protocol):
                 return
 
     def _handle_one(self, conn: Outbox, node: Node, payload: bytes) -> bool:
-        """One message; False if the connection is being closed (read nothing more)."""
-        if conn.dead or self._close_sent:
+        """One message; False if the connection is being closed (handle nothing more)."""
+        if self._stopped or conn.dead:
             return False
         try:
             text = payload.decode()
@@ -151,6 +152,7 @@ class ClientSocket(asyncio.Protocol):
             return False
         close = node.handle_text(conn, text)
         if close is not None:
+            self._stopped = True
             node.close_soon(conn, close, "rate limit exceeded persistently")
             return False
         return True
@@ -188,8 +190,8 @@ class ClientSocket(asyncio.Protocol):
         self._backlog = None
         if self._parser.events:
             self._events()
-        if not self._lost and not self._close_sent:
-            self._transport.resume_reading()
+        if not self._lost:
+            self._transport.resume_reading()  # closing too: the peer's close frame is still to come
 
     def _events(self) -> None:
         """Pings, the peer's close, or a broken rule (the parser's events)."""
@@ -215,6 +217,7 @@ class ClientSocket(asyncio.Protocol):
         """Fail the connection (RFC 6455 section 7.1.7): a close frame, then the TCP close."""
         log.debug("failing a WebSocket with %d: %s", code, reason)
         self._node.count_violation(code)
+        self._stopped = True
         if self.conn is not None:
             self.conn.dead = True  # nothing more is queued or written for it
         self._send_close(code, reason)
@@ -222,6 +225,7 @@ class ClientSocket(asyncio.Protocol):
         self._transport.close()
 
     def _send_close(self, code: int, reason: str) -> None:
+        self._stopped = True
         if not self._close_sent:
             self._close_sent = True
             self.write(control_frame(Opcode.CLOSE, encode_close(code, reason)))
