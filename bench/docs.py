@@ -123,7 +123,8 @@ def fanout_ratios(doc: Doc, scenario: str) -> list[float]:
 
 def scaleout_table() -> str:
     runs = results("scaleout")
-    head = ["", "target", *(f"{d['host']['code']['commit'][:7]} ({d['date']})" for _, d in runs)]
+    head = ["", "target", *(f"{d['host']['code']['commit'][:7]} ({d['date']}, {short_host(d)})"
+                            for _, d in runs)]
     rows: list[list[str]] = []
 
     def row(label: str, target: str, cell: Callable[[Doc], str]) -> None:

@@ -120,7 +120,7 @@ class Settings(DeclaredSettings):
                "behind a proxy that sets it (one terminating TLS); otherwise the scheme is the "
                "connection's own (http).")
     heartbeat_seconds: float = setting(
-        30.0, "Ping interval; a client that does not answer a ping within half of it is closed.",
+        30.0, "A client silent for this long is pinged, and dropped if it sends nothing within half of it more.",
         minimum=0.1)
     grace_seconds: float = setting(
         10.0, "On SIGTERM/SIGINT: time allowed to close every socket with 1001 and exit.",
