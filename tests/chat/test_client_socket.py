@@ -160,3 +160,18 @@ async def test_an_idle_socket_is_pinged_and_a_silent_one_dropped():
     assert pings and transport.aborted
     heartbeat.stop()
     await node.close(0.1)
+
+
+async def test_a_failed_join_handles_nothing_read_and_reads_on_for_the_close_handshake():
+    node, sock, conn, transport = await session(Settings(metrics_port=0))
+    sock.data_received(client_frame(TEXT, message("early", "e")))  # read during the join
+    node.close_soon(conn, 1013, "broker unavailable, retry")
+    sock.abandon()
+    assert transport.reading  # for the peer's close frame
+    await asyncio.sleep(0.01)
+    sock.data_received(client_frame(CLOSE, close_payload(1000)))
+    await asyncio.sleep(0.01)
+    _, _, close = transport.frames()
+    assert close.code == 1013 and transport.closed
+    assert texts(transport) == [] and node.metrics.received == 0
+    await node.close(0.1)

@@ -21,13 +21,13 @@ from aiohttp.http_websocket import WSHandshakeError, ws_ext_gen, ws_ext_parse
 from scalechat.chat.broker import create_broker
 from scalechat.chat.budget import MemoryBudget, default_limit
 from scalechat.chat.client_socket import ClientSocket, Heartbeat
-from scalechat.chat.outbox import Outbox
 from scalechat.chat.deflate import Deflate
 from scalechat.chat.errors import BrokerUnavailable
 from scalechat.chat.hub import Hub
 from scalechat.chat.listener import take_over
 from scalechat.chat.metrics import Metrics
 from scalechat.chat.node import Node
+from scalechat.chat.outbox import Outbox
 from scalechat.chat.protocol import (CloseCode, RefusalReason, parse_since, validate_name,
                                      validate_room)
 from scalechat.chat.ratelimit import TokenBucket
@@ -288,12 +288,13 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     take_over(request.protocol, sock, _switching_protocols(request, node.name, extension))
     try:
         await node.join(conn, since, epoch)
-    except BrokerUnavailable:
-        node.close_soon(conn, CloseCode.TRY_AGAIN_LATER, "broker unavailable, retry")
-        await node.leave(conn)
-    except Exception:
-        log.exception("joining room %s failed", room)
-        node.close_soon(conn, CloseCode.INTERNAL_ERROR, "internal error")
+    except Exception as exc:
+        if isinstance(exc, BrokerUnavailable):
+            node.close_soon(conn, CloseCode.TRY_AGAIN_LATER, "broker unavailable, retry")
+        else:
+            log.exception("joining room %s failed", room)
+            node.close_soon(conn, CloseCode.INTERNAL_ERROR, "internal error")
+        sock.abandon()
         await node.leave(conn)
     else:
         if not sock.start():  # lost while joining

@@ -129,6 +129,13 @@ class ClientSocket(asyncio.Protocol):
         self._drain()
         return True
 
+    def abandon(self) -> None:
+        """The join failed and a close is on its way: handle nothing read, but read on for
+        the peer's answer to it."""
+        self._stopped = True
+        if not self._lost:
+            self._drain()
+
     def _handle(self, messages: list[bytes]) -> None:
         """Handle ``messages`` in order; the rest wait in the backlog if one is throttled."""
         conn, node = self.conn, self._node
@@ -178,6 +185,8 @@ class ClientSocket(asyncio.Protocol):
         backlog, conn, node = self._backlog, self.conn, self._node
         assert conn is not None and self._transport is not None
         throttle = conn.byte_bucket is not None
+        if self._stopped and backlog:
+            backlog.clear()
         while backlog:
             payload = backlog[0]
             if throttle and not self._reserved and self._throttled(payload):
