@@ -299,11 +299,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     else:
         if not sock.start():  # lost while joining
             await node.leave(conn)
-    return UPGRADED
-
-
-# What the upgrade's request handler returns: never written (the socket is no longer aiohttp's).
-UPGRADED = web.StreamResponse(status=101)
+    # Never written: the socket is no longer aiohttp's (see listener.take_over).
+    return web.StreamResponse(status=101)
 
 
 def _switching_protocols(request: web.Request, node: str, extension: str | None) -> bytes:
