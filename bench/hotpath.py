@@ -28,10 +28,10 @@ import uvloop
 
 from scalechat.chat.broker_memory import MemoryBroker
 from scalechat.chat.client_socket import ClientSocket
-from scalechat.chat.outbox import Outbox
 from scalechat.chat.hub import Hub
 from scalechat.chat.metrics import Metrics
 from scalechat.chat.node import Node
+from scalechat.chat.outbox import Outbox
 from scalechat.chat.ratelimit import TokenBucket
 from scalechat.chat.settings import Settings
 from scalechat.hostinfo import host_facts

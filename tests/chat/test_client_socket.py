@@ -14,10 +14,10 @@ import orjson
 from raw_ws import client_frame, close_payload, message
 from scalechat.chat.broker import create_broker
 from scalechat.chat.client_socket import ClientSocket, Heartbeat
-from scalechat.chat.outbox import Outbox
 from scalechat.chat.hub import Hub
 from scalechat.chat.metrics import Metrics
 from scalechat.chat.node import Node
+from scalechat.chat.outbox import Outbox
 from scalechat.chat.ratelimit import TokenBucket
 from scalechat.chat.settings import Settings
 from scalechat.wsframes import FrameParser

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from scalechat.chat.outbox import Outbox
 from scalechat.chat.framing import frame_text
 from scalechat.chat.hub import Hub
+from scalechat.chat.outbox import Outbox
 from scalechat.chat.ratelimit import TokenBucket
 from scalechat.chat.room import PRESENCE_BURST, PRESENCE_DELIVERY_BURST, PRESENCE_RATE
 

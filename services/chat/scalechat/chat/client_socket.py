@@ -1,7 +1,7 @@
 """The client's socket after the upgrade, read and written by scalechat itself.
 
 aiohttp serves the HTTP side and checks the upgrade request; ``app.py`` then
-takes the socket over (``listener.GatedRequestHandler.take_over``) and hands
+takes the socket over (``listener.take_over``) and hands
 it to a :class:`ClientSocket`: the asyncio protocol its transport calls, and
 the :class:`~scalechat.chat.link.Link` the outbox writes to. A chunk of bytes
 is parsed (:class:`scalechat.wsframes.FrameParser`, the load generator's
@@ -34,9 +34,9 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, cast
 
-from scalechat.chat.outbox import Outbox
 from scalechat.chat.deflate import Deflate
 from scalechat.chat.framing import control_frame
+from scalechat.chat.outbox import Outbox
 from scalechat.chat.protocol import CloseCode
 from scalechat.wsframes import FrameParser, Opcode, encode_close
 

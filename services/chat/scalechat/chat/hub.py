@@ -32,8 +32,8 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from scalechat.chat.outbox import Outbox
 from scalechat.chat.framing import frame_text
+from scalechat.chat.outbox import Outbox
 from scalechat.chat.room import Room
 
 

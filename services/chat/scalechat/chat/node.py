@@ -17,10 +17,10 @@ import orjson
 
 from scalechat.chat.broker import Broker, Draft, History, Published
 from scalechat.chat.budget import SWEEP_SECONDS, MemoryBudget
-from scalechat.chat.outbox import Outbox
 from scalechat.chat.errors import BrokerUnavailable, ProtocolError
 from scalechat.chat.hub import Hub
 from scalechat.chat.metrics import Metrics
+from scalechat.chat.outbox import Outbox
 from scalechat.chat.protocol import (CloseCode, ErrorCode, encode_error, encode_history_parts,
                                      encode_presence, extract_cid, parse_client_frame)
 from scalechat.chat.framing import frame_text, text_header
