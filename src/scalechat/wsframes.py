@@ -24,6 +24,7 @@ except ImportError:  # pragma: no cover - aiohttp built without extensions
     _c_mask = None
 
 DEFAULT_MAX_MESSAGE_SIZE = 4 * 2**20  # same default as aiohttp
+Payload = bytes | bytearray  # a message's payload: a server's parser unmasks into a bytearray
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
 
 
@@ -107,11 +108,16 @@ def xor_mask(key: bytes, payload: bytes) -> bytes:
 
 def unmask(key: bytes, payload: bytes) -> bytes:
     """``payload`` XORed with the 4-byte ``key``: the same operation masks and unmasks."""
+    return bytes(_unmasked(key, payload))
+
+
+def _unmasked(key: bytes, payload: bytes) -> Payload:
+    """:func:`unmask` without the copy back into bytes (the parser hands the bytearray on)."""
     if _c_mask is None:
         return xor_mask(key, payload)
     body = bytearray(payload)
     _c_mask(key, body)
-    return bytes(body)
+    return body
 
 
 _LENGTH16 = struct.Struct("!H").unpack_from
@@ -122,7 +128,8 @@ class FrameParser:
     """Sans-I/O parser of the frames one end receives (RFC 6455 section 5).
 
     ``feed(chunk)`` returns the payloads of the data messages completed by the
-    chunk, in arrival order; each complete message appears in exactly one
+    chunk, in arrival order (bytes; a bytearray where a server's parser
+    unmasked a single frame); each complete message appears in exactly one
     ``feed`` result, whatever the chunk boundaries. Control frames are queued
     in ``control`` as ``(opcode, payload)`` for pings and pongs; a close frame
     sets ``close``; a broken rule sets ``error`` to the close code and reason
@@ -149,21 +156,21 @@ class FrameParser:
         if max_message_size < 1:
             raise ValueError(f"max_message_size must be positive, got {max_message_size}")
         self.max_message_size = max_message_size
-        self.control: list[tuple[int, bytes]] = []
+        self.control: list[tuple[int, Payload]] = []
         self.close: CloseInfo | None = None
         self.error: CloseInfo | None = None
         self.events = False
         self._done = False
         self._pending: bytearray | None = None  # an incomplete frame
         self._need = 0  # bytes _pending must reach before a parse can progress
-        self._fragments: list[bytes] | None = None  # a fragmented message in progress
+        self._fragments: list[Payload] | None = None  # a fragmented message in progress
         self._fragments_size = 0
         self._masked = masked
         self._text_only = text_only
         self._inflater = inflater
         self._compressed = False  # the message in progress had RSV1 set
 
-    def feed(self, data: bytes) -> list[bytes]:
+    def feed(self, data: bytes) -> list[Payload]:
         if self._done:
             return []
         if self._pending is not None:
@@ -173,7 +180,7 @@ class FrameParser:
                 return []
             data = bytes(pending)
             self._pending = None
-        messages: list[bytes] = []
+        messages: list[Payload] = []
         append = messages.append
         limit = self.max_message_size
         masked = self._masked
@@ -221,9 +228,10 @@ class FrameParser:
             if end > n:
                 need = end - pos
                 break
-            payload = data[start:end]
             if masked and length:
-                payload = unmask(data[start - 4:start], payload)
+                payload = _unmasked(data[start - 4:start], data[start:end])
+            else:
+                payload = data[start:end]
             if b0 == fin_text or b0 == fin_binary:  # the hot path: one whole message
                 append(payload)
             else:
@@ -283,7 +291,7 @@ class FrameParser:
         self._pending = None
         return pending
 
-    def _frame(self, b0: int, payload: bytes, append: Callable[[bytes], None]) -> None:
+    def _frame(self, b0: int, payload: Payload, append: Callable[[Payload], None]) -> None:
         """Everything but a final unfragmented uncompressed data frame."""
         opcode = b0 & 0x0F
         fin = b0 & 0x80
@@ -316,7 +324,7 @@ class FrameParser:
         else:
             self._fail(CloseCode.PROTOCOL_ERROR, f"unknown opcode {opcode:#x}")
 
-    def _add_fragment(self, payload: bytes, fin: int, append: Callable[[bytes], None]) -> None:
+    def _add_fragment(self, payload: Payload, fin: int, append: Callable[[Payload], None]) -> None:
         assert self._fragments is not None
         self._fragments.append(payload)
         self._fragments_size += len(payload)
@@ -340,7 +348,7 @@ class FrameParser:
             message = inflated
         append(message)
 
-    def _close_frame(self, payload: bytes) -> None:
+    def _close_frame(self, payload: Payload) -> None:
         if not payload:
             self.close = CloseInfo(CloseCode.NO_STATUS, "")
         elif len(payload) == 1:

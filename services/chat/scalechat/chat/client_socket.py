@@ -38,7 +38,7 @@ from scalechat.chat.deflate import Deflate
 from scalechat.chat.framing import control_frame
 from scalechat.chat.outbox import Outbox
 from scalechat.chat.protocol import CloseCode
-from scalechat.wsframes import FrameParser, Opcode, encode_close
+from scalechat.wsframes import FrameParser, Opcode, Payload, encode_close
 
 if TYPE_CHECKING:
     from scalechat.chat.node import Node
@@ -67,7 +67,7 @@ class ClientSocket(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self.conn: Outbox | None = None
         # Messages read and not handled yet (joining, or throttled); None when there are none.
-        self._backlog: collections.deque[bytes] | None = collections.deque()
+        self._backlog: collections.deque[Payload] | None = collections.deque()
         self._reserved = False  # the backlog's first message has its bytes reserved already
         self._joined = False
         self._stopped = False  # closing by our decision: read on (for the peer's close), handle nothing
@@ -136,7 +136,7 @@ class ClientSocket(asyncio.Protocol):
         if not self._lost:
             self._drain()
 
-    def _handle(self, messages: list[bytes]) -> None:
+    def _handle(self, messages: list[Payload]) -> None:
         """Handle ``messages`` in order; the rest wait in the backlog if one is throttled."""
         conn, node = self.conn, self._node
         assert conn is not None
@@ -148,7 +148,7 @@ class ClientSocket(asyncio.Protocol):
             if not self._handle_one(conn, node, payload):
                 return
 
-    def _handle_one(self, conn: Outbox, node: Node, payload: bytes) -> bool:
+    def _handle_one(self, conn: Outbox, node: Node, payload: Payload) -> bool:
         """One message; False if the connection is being closed (handle nothing more)."""
         if self._stopped or conn.dead:
             return False
@@ -164,7 +164,7 @@ class ClientSocket(asyncio.Protocol):
             return False
         return True
 
-    def _throttled(self, payload: bytes) -> bool:
+    def _throttled(self, payload: Payload) -> bool:
         """Reserve ``payload``'s bytes; if the client must wait for them, pause reading."""
         assert self.conn is not None
         delay = self._node.read_delay(self.conn, len(payload))
@@ -207,7 +207,7 @@ class ClientSocket(asyncio.Protocol):
         parser = self._parser
         for opcode, payload in parser.control:
             if opcode == Opcode.PING:
-                self.write(control_frame(Opcode.PONG, payload))
+                self.write(control_frame(Opcode.PONG, bytes(payload)))
         parser.control.clear()
         parser.events = False
         if parser.error is not None:
