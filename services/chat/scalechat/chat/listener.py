@@ -25,7 +25,7 @@ logged in one line per interval, never one per connection.
 :class:`GatedRequestHandler` is aiohttp's per-connection protocol with three
 additions: it reports to the gate when it opens, upgrades, closes or has sent
 too much; at the upgrade it hands the socket over to scalechat's own protocol
-(:meth:`GatedRequestHandler.take_over`) and lets go of it; and it answers a
+(:func:`take_over`) and lets go of it; and it answers a
 malformed HTTP request with a 400 of our own wording, logged like the closures
 instead of with a traceback per request.
 """
