@@ -127,3 +127,9 @@ def test_compressed_messages_that_break_a_rule(frames, code):
     parser = FrameParser(1024, masked=True, text_only=True, inflater=Deflate())
     parser.feed(b"".join(frames))
     assert parser.error is not None and parser.error.code == code
+
+
+def test_an_unmasked_frame_fails_at_its_first_two_bytes():
+    parser = FrameParser(1024, masked=True)
+    assert parser.feed(client_frame(PING, b"", mask=None)) == []  # 2 bytes, nothing after
+    assert parser.error is not None and parser.error.code == 1002

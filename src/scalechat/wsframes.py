@@ -193,8 +193,8 @@ class FrameParser:
         n = len(data)
         pos = 0
         while pos < n:
-            if pos + short > n:  # every frame has at least these header bytes
-                need = short
+            if pos + 2 > n:
+                need = 2
                 break
             b0 = data[pos]
             length = data[pos + 1] ^ mask_bit  # the 7-bit length, or > 127 if the mask bit is wrong
@@ -205,6 +205,9 @@ class FrameParser:
                 return messages
             if length < 126:
                 start = pos + short
+                if start > n:  # the masking key is still to come
+                    need = short
+                    break
             elif length == 126:
                 start = pos + 4 + key_size
                 if start > n:
