@@ -17,7 +17,7 @@ import argparse
 import os
 import time
 
-from scalechat.wsframes import FrameParser, unmask
+from scalechat.wsframes import FrameParser, mask
 
 PER_READ = 40
 
@@ -30,7 +30,7 @@ def client_chunk(size: int) -> bytes:
 def server_chunk(size: int) -> bytes:
     key = b"\x37\xfa\x21\x3d"
     length = bytes((0x80 | size,)) if size < 126 else bytes((0x80 | 126,)) + size.to_bytes(2, "big")
-    return (bytes((0x81,)) + length + key + unmask(key, b"x" * size)) * PER_READ
+    return (bytes((0x81,)) + length + key + bytes(mask(key, b"x" * size))) * PER_READ
 
 
 def per_frame_ns(parser: FrameParser, chunk: bytes, frames: int) -> float:

@@ -106,13 +106,12 @@ def xor_mask(key: bytes, payload: bytes) -> bytes:
     return (int.from_bytes(payload, "big") ^ int.from_bytes(keys[:n], "big")).to_bytes(n, "big")
 
 
-def unmask(key: bytes, payload: bytes) -> bytes:
-    """``payload`` XORed with the 4-byte ``key``: the same operation masks and unmasks."""
-    return bytes(_unmasked(key, payload))
+def mask(key: bytes, payload: bytes) -> Payload:
+    """``payload`` XORed with the 4-byte ``key``: the same operation masks and unmasks.
 
-
-def _unmasked(key: bytes, payload: bytes) -> Payload:
-    """:func:`unmask` without the copy back into bytes (the parser hands the bytearray on)."""
+    A bytearray when aiohttp's C helper does it (no copy back into bytes: the
+    parser hands it on, the client appends it to a header).
+    """
     if _c_mask is None:
         return xor_mask(key, payload)
     body = bytearray(payload)
@@ -232,7 +231,7 @@ class FrameParser:
                 need = end - pos
                 break
             if masked and length:
-                payload = _unmasked(data[start - 4:start], data[start:end])
+                payload = mask(data[start - 4:start], data[start:end])
             else:
                 payload = data[start:end]
             if b0 == fin_text or b0 == fin_binary:  # the hot path: one whole message
