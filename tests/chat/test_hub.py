@@ -31,9 +31,6 @@ class _Transport:
     def buffered(self) -> int:
         return self.unsent
 
-    def closing(self) -> bool:
-        return False
-
 
 def new_hub(interval: float = INTERVAL) -> Hub:
     """A Hub on the running loop that ignores processing-time observations."""

@@ -23,9 +23,6 @@ class RecordingLink:
     def buffered(self) -> int:
         return self.unsent
 
-    def closing(self) -> bool:
-        return False
-
     def payloads(self) -> list[bytes]:
         data, out = b"".join(b"".join(w) for w in self.writes), []
         while data:

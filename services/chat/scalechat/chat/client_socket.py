@@ -269,10 +269,6 @@ class ClientSocket(asyncio.Protocol):
         transport = self._transport
         return 0 if transport is None else transport.get_write_buffer_size()
 
-    def closing(self) -> bool:
-        transport = self._transport
-        return transport is None or transport.is_closing()
-
     def send_compressed(self, payload: bytes) -> None:
         assert self._deflate is not None
         self.write(self._deflate.frame(payload))

@@ -27,10 +27,6 @@ class Link(Protocol):
         """Bytes written and not yet taken by the kernel."""
         ...
 
-    def closing(self) -> bool:
-        """Whether the socket is closing or closed: writes are dropped."""
-        ...
-
     def send_compressed(self, payload: bytes) -> None:
         """Queue one text frame carrying ``payload`` through the connection's compressor."""
 
