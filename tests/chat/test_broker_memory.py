@@ -20,14 +20,22 @@ class Clock:
 
 
 @pytest.fixture
-async def broker():
-    clock = Clock()
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def delivered():
+    """(room, seq, message) as the broker delivered them; seq None for events."""
+    return []
+
+
+@pytest.fixture
+async def broker(clock, delivered):
     b = MemoryBroker(Settings(history_size=5, history_on_join=3, room_idle_seconds=60, max_rooms=3),
                      clock=clock)
-    delivered = []
     await b.start(lambda room, seq, payload, t: delivered.append((room, seq, orjson.loads(payload))),
                   lambda room, payload: delivered.append((room, None, orjson.loads(payload))))
-    b.clock, b.delivered = clock, delivered
     yield b
     await b.close()
 
@@ -40,11 +48,11 @@ def seqs(history):
     return [orjson.loads(p)["seq"] for p in history.messages]
 
 
-async def test_seq_starts_at_one_without_gaps_and_only_subscribed_rooms_deliver(broker):
+async def test_seq_starts_at_one_without_gaps_and_only_subscribed_rooms_deliver(broker, delivered):
     await broker.subscribe("a")
     assert [await publish(broker, "a", str(i)) for i in range(3)] == [1, 2, 3]
     assert await publish(broker, "b", "x") == 1
-    assert [(r, s) for r, s, _ in broker.delivered] == [("a", 1), ("a", 2), ("a", 3)]
+    assert [(r, s) for r, s, _ in delivered] == [("a", 1), ("a", 2), ("a", 3)]
 
 
 async def test_history_memory_is_what_its_messages_hold():
@@ -88,14 +96,14 @@ async def test_since_beyond_retained_history_or_other_epoch_loses_continuity(bro
     assert future.continuity_lost
 
 
-async def test_idle_rooms_are_forgotten_and_get_a_new_epoch(broker):
+async def test_idle_rooms_are_forgotten_and_get_a_new_epoch(broker, clock):
     await broker.subscribe("a")
     await publish(broker, "a", "x")
     epoch = (await broker.history("a", None, None, 3)).epoch
     await broker.unsubscribe("a")
-    broker.clock.now = 30
+    clock.now = 30
     assert broker.sweep() == 0
-    broker.clock.now = 61
+    clock.now = 61
     assert broker.sweep() == 1 and broker.room_count == 0
     fresh = await broker.history("a", 1, epoch, 3)
     assert fresh.epoch != epoch and fresh.continuity_lost and fresh.last_seq == 0
@@ -109,9 +117,9 @@ async def test_idle_room_count_is_capped(broker):
     assert broker.room_count == 3  # max_rooms idle rooms, least recently active forgotten
 
 
-async def test_rooms_with_members_are_never_forgotten(broker):
+async def test_rooms_with_members_are_never_forgotten(broker, clock):
     await broker.subscribe("a")
-    broker.clock.now = 10_000
+    clock.now = 10_000
     for room in "bcdef":
         await broker.subscribe(room)
         await broker.unsubscribe(room)

@@ -18,6 +18,7 @@ from scalechat.chat.hub import Hub
 from scalechat.chat.metrics import Metrics
 from scalechat.chat.node import Node
 from scalechat.chat.outbox import Outbox
+from scalechat.chat.protocol import CloseCode
 from scalechat.chat.ratelimit import TokenBucket
 from scalechat.chat.settings import Settings
 from scalechat.wsframes import FrameParser
@@ -165,7 +166,7 @@ async def test_an_idle_socket_is_pinged_and_a_silent_one_dropped():
 async def test_a_failed_join_handles_nothing_read_and_reads_on_for_the_close_handshake():
     node, sock, conn, transport = await session(Settings(metrics_port=0))
     sock.data_received(client_frame(TEXT, message("early", "e")))  # read during the join
-    node.close_soon(conn, 1013, "broker unavailable, retry")
+    node.close_soon(conn, CloseCode.TRY_AGAIN_LATER, "broker unavailable, retry")
     sock.abandon()
     assert transport.reading  # for the peer's close frame
     await asyncio.sleep(0.01)

@@ -42,6 +42,10 @@ class _Room:
         self.cid_order: deque[tuple[int, str]] = deque()
 
 
+def _not_started(*args: object) -> None:
+    raise RuntimeError("the broker delivers once started")
+
+
 class MemoryBroker:
     """Delivers synchronously inside ``publish``; never unavailable."""
 
@@ -55,8 +59,8 @@ class MemoryBroker:
         self._holding: OrderedDict[str, None] = OrderedDict()
         # Rooms with no subscriber, least recently active first.
         self._idle: OrderedDict[str, None] = OrderedDict()
-        self._deliver: Deliver | None = None
-        self._deliver_event: DeliverEvent | None = None
+        self._deliver: Deliver = _not_started
+        self._deliver_event: DeliverEvent = _not_started
         self._sweeper: asyncio.Task | None = None
 
     @property

@@ -11,7 +11,6 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator
 
 import orjson
 
@@ -30,8 +29,18 @@ from scalechat.chat.settings import Settings
 log = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT = 2.0  # seconds a condemned socket gets to take its close frame before the abort
-_VIOLATIONS = {CloseCode.UNSUPPORTED_DATA: "binary", CloseCode.MESSAGE_TOO_BIG: "too_big",
+_VIOLATIONS: dict[int, str] = {CloseCode.UNSUPPORTED_DATA: "binary", CloseCode.MESSAGE_TOO_BIG: "too_big",
                CloseCode.INVALID_TEXT: "invalid_utf8", CloseCode.PROTOCOL_ERROR: "protocol_error"}
+
+
+class _RoomLock:
+    """A room's subscribe/unsubscribe lock and how many joins and leaves hold or wait for it."""
+
+    __slots__ = ("lock", "users")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.users = 0
 
 
 class Node:
@@ -48,7 +57,7 @@ class Node:
         self._leaving = 0  # leaves announcing now
         self._left = asyncio.Event()  # set once every joined connection has left, announced
         self._left.set()
-        self._room_locks: dict[str, list] = {}  # room -> [lock, users]
+        self._room_locks: dict[str, _RoomLock] = {}  # dropped when unused
         self._sweeper: asyncio.Task | None = None
         rate = settings.joins_per_address
         self._joins = AddressLimiter(rate, max(1, int(10 * rate))) if rate else None
@@ -95,9 +104,12 @@ class Node:
         conn.hold()
         self._joined.add(conn)
         self._left.clear()
-        async with self._room_lock(conn.room):
+        await self._lock_room(conn.room)
+        try:
             if self.hub.add(conn) == 1:
                 await self.broker.subscribe(conn.room)
+        finally:
+            self._unlock_room(conn.room)
         history = await self.broker.history(conn.room, since, epoch, self.settings.history_on_join)
         history = self._fit(history, since, conn.limit // 2)
         parts = encode_history_parts(conn.room, history.epoch, history.last_seq, conn.name,
@@ -127,29 +139,39 @@ class Node:
         self._joined.discard(conn)
         self._leaving += 1
         try:
-            async with self._room_lock(conn.room):
+            await self._lock_room(conn.room)
+            try:
                 if self.hub.remove(conn) == 0:
                     await self.broker.unsubscribe(conn.room)
+            finally:
+                self._unlock_room(conn.room)
             await self._announce(conn, "leave", -1)
         finally:
             self._leaving -= 1
             if not self._joined and not self._leaving:
                 self._left.set()
 
-    @contextlib.asynccontextmanager
-    async def _room_lock(self, room: str) -> AsyncIterator[None]:
-        """Serialise subscribe/unsubscribe of one room; the lock is dropped when unused."""
+    async def _lock_room(self, room: str) -> None:
+        """Serialise subscribe/unsubscribe of one room (``_unlock_room`` after, always)."""
         entry = self._room_locks.get(room)
         if entry is None:
-            entry = self._room_locks[room] = [asyncio.Lock(), 0]
-        entry[1] += 1
+            entry = self._room_locks[room] = _RoomLock()
+        entry.users += 1
         try:
-            async with entry[0]:
-                yield
-        finally:
-            entry[1] -= 1
-            if entry[1] == 0:
-                del self._room_locks[room]
+            await entry.lock.acquire()
+        except BaseException:  # cancelled while waiting: not held, no longer a user
+            self._drop_room_lock(room, entry)
+            raise
+
+    def _unlock_room(self, room: str) -> None:
+        entry = self._room_locks[room]
+        entry.lock.release()
+        self._drop_room_lock(room, entry)
+
+    def _drop_room_lock(self, room: str, entry: _RoomLock) -> None:
+        entry.users -= 1
+        if entry.users == 0:
+            del self._room_locks[room]
 
     async def _announce(self, conn: Outbox, event: str, delta: int) -> None:
         try:

@@ -12,7 +12,7 @@ class TokenBucket:
 
     __slots__ = ("rate", "burst", "_tokens", "_stamp", "consecutive_drops")
 
-    def __init__(self, rate: float, burst: int, now: float) -> None:
+    def __init__(self, rate: float, burst: float, now: float) -> None:
         self.rate = rate
         self.burst = burst
         self._tokens = float(burst)
