@@ -3,23 +3,24 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+NATIVE := $(VENV)/.native
 APT    := apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends
 # Debian packages the test suite drives for real (browser, load balancer, monitoring).
 TEST_DEBS := chromium nginx prometheus redis-server
 
 .PHONY: run test bench cluster cluster-down clean apt-test
 
-run: $(STAMP)
+run: $(NATIVE)
 	$(BIN)/scalechat serve
 
-test: $(STAMP) apt-test image-tools
+test: $(NATIVE) apt-test image-tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: $(STAMP)
+bench: $(NATIVE)
 	$(BIN)/python bench/fanout.py
 
 # A local cluster: replicas behind nginx (room hash), Prometheus, sharing the Redis on 127.0.0.1:6379.
-cluster: $(STAMP) apt-test
+cluster: $(NATIVE) apt-test
 	$(BIN)/scalechat cluster up --replicas $(or $(REPLICAS),2) $(CLUSTER_ARGS)
 
 cluster-down: $(STAMP)
@@ -36,7 +37,14 @@ $(STAMP): pyproject.toml $(MEMBERS:%=%/pyproject.toml) $(wildcard services/loadg
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip "setuptools>=74.1"
 	$(BIN)/pip install -q -e '.[test]' $(MEMBERS:%=-e ./%)
-	touch $(STAMP)
+	touch $(STAMP) $(NATIVE)
+
+# The chat server's per-message modules run compiled (mypyc, services/chat/setup.py), and a
+# compiled module is imported instead of its source: an edit to one rebuilds them.
+NATIVE_SOURCES := $(shell $(PYTHON) services/chat/setup.py --sources)
+$(NATIVE): $(STAMP) services/chat/setup.py $(NATIVE_SOURCES)
+	$(BIN)/pip install -q --no-deps -e ./services/chat
+	touch $(NATIVE)
 
 # Installs missing Debian packages (needs root, as in CI); says what is missing otherwise.
 apt-test:

@@ -4,7 +4,8 @@
 "options", ...results}``; ``host`` holds the machine's facts
 (:func:`scalechat.hostinfo.host_facts`), the Python version and ``code``: the
 commit of the checkout the server code was imported from, with the paths that
-differed from it. ``bench/docs.py`` renders docs/benchmarks.md and the
+differed from it, and which per-message modules ran compiled (``compiled``,
+:mod:`scalechat.chat.native`). ``bench/docs.py`` renders docs/benchmarks.md and the
 README's performance table from such files, naming the date, host and commit.
 """
 
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import scalechat.chat
+from scalechat.chat import native
 from scalechat.hostinfo import host_facts
 
 # The checkout whose server code runs (services/chat/scalechat/chat/__init__.py -> its root).
@@ -49,7 +51,8 @@ class Run:
         self.command = shlex.join([python, os.path.relpath(script),
                                    *(sys.argv[1:] if argv is None else argv)])
         self.host: dict[str, Any] = {**host_facts(), "python": sys.version.split()[0],
-                                     "code": git_facts(), "loadavg_start": os.getloadavg()}
+                                     "code": {**git_facts(), "compiled": native.compiled()},
+                                     "loadavg_start": os.getloadavg()}
 
     def document(self, options: dict[str, Any], results: dict[str, Any]) -> dict[str, Any]:
         self.host["loadavg_end"] = os.getloadavg()

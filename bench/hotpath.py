@@ -26,6 +26,7 @@ import time
 import orjson
 import uvloop
 
+from scalechat.chat import native
 from scalechat.chat.broker_memory import MemoryBroker
 from scalechat.chat.client_socket import ClientSocket
 from scalechat.chat.hub import Hub
@@ -107,6 +108,8 @@ def main() -> None:
             raise SystemExit(f"--{name} must be >= 1")
     if len(os.sched_getaffinity(0)) > 1:
         os.sched_setaffinity(0, {0})
+    compiled = native.compiled()
+    print(f"per-message modules compiled: {len(compiled)} of {len(native.COMPILED)}")
     for _ in range(args.repeat):
         per_message = uvloop.run(run(args.rooms, args.members, args.messages))
         print(f"{args.rooms} x {args.members}: {per_message * 1e6:.2f} µs per message, "

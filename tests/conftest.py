@@ -12,7 +12,16 @@ import subprocess
 
 import pytest
 
+from scalechat.chat import native
 from support import SCALECHAT, ServerProcess, free_port, healthy, wait_until
+
+
+def pytest_sessionstart(session):
+    stale = native.stale()
+    if stale:
+        pytest.exit(f"compiled modules older than their source, the tests would run the old code: "
+                    f"{', '.join(stale)}; rebuild them: make .venv/.native (make test does it)",
+                    returncode=4)
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 CHAT = REPO / "services" / "chat" / "scalechat" / "chat"
 LAYERS = [
     {"protocol", "errors", "framing", "deflate", "ratelimit", "budget", "settings", "redis_scripts",
-     "redis_link", "link"},
+     "redis_link", "link", "native"},
     {"room", "outbox"},
     {"hub", "broker", "broker_memory", "broker_redis", "redis_shard"},
     {"node", "metrics"},

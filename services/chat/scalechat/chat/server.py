@@ -16,6 +16,7 @@ import signal
 import uvloop
 from aiohttp import web
 
+from scalechat.chat import native
 from scalechat.chat.app import create_app, metrics_key, node_key, state_key
 from scalechat.chat.listener import listen
 from scalechat.chat.protocol import CloseCode
@@ -40,9 +41,12 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         await runner.cleanup()
         raise
     tune_gc()
-    log.info("scalechat %s listening on http://%s:%d (metrics on :%d, broker %s)",
+    log.info("scalechat %s listening on http://%s:%d (metrics on :%d, broker %s, %s)",
              app[node_key].name, settings.host, settings.port, settings.metrics_port,
-             settings.broker)
+             settings.broker, describe_native())
+    if stale := native.stale():
+        log.warning("compiled modules older than their source, running the old code: %s "
+                    "(rebuild: make, or pip install -e services/chat)", ", ".join(stale))
     await stop.wait()
     log.info("shutting down: closing sockets with 1001 (grace %.1fs)", settings.grace_seconds)
     app[state_key]["draining"] = True
@@ -52,6 +56,14 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         log.warning("grace period exceeded; exiting with sockets still open")
     gate.close()
     log.info("stopped")
+
+
+def describe_native() -> str:
+    """Whether the per-message modules run compiled (see :mod:`scalechat.chat.native`)."""
+    count = len(native.compiled())
+    if count == len(native.COMPILED):
+        return "per-message modules compiled"
+    return f"{count} of {len(native.COMPILED)} per-message modules compiled"
 
 
 def raise_open_file_limit(settings: Settings) -> None:
