@@ -33,15 +33,19 @@ Deliver = Callable[[str, int, bytes, float], None]
 DeliverEvent = Callable[[str, bytes], None]
 
 
-@dataclass(slots=True)  # not frozen: built once per message, frozen init costs ~1 us
 class Draft:
-    """A message before the broker gives it a seq and a timestamp."""
+    """A message before the broker gives it a seq and a timestamp.
 
-    room: str
-    sender: str
-    text: str
-    cid: str | None
-    received_at: float
+    A plain class, not a dataclass: built once per message, and mypyc compiles
+    an ``__init__`` written out but not one that ``dataclasses`` generates.
+    """
+
+    __slots__ = ("room", "sender", "text", "cid", "received_at")
+
+    def __init__(self, room: str, sender: str, text: str, cid: str | None,
+                 received_at: float) -> None:
+        self.room, self.sender, self.text, self.cid = room, sender, text, cid
+        self.received_at = received_at
 
 
 class Published:
