@@ -42,7 +42,7 @@ $(STAMP): pyproject.toml $(MEMBERS:%=%/pyproject.toml) $(wildcard services/loadg
 # The chat server's per-message modules run compiled (mypyc, services/chat/setup.py), and a
 # compiled module is imported instead of its source: an edit to one rebuilds them.
 NATIVE_SOURCES := $(shell $(PYTHON) services/chat/setup.py --sources)
-$(NATIVE): $(STAMP) services/chat/setup.py $(NATIVE_SOURCES)
+$(NATIVE): $(STAMP) services/chat/setup.py services/chat/scalechat/chat/native.py $(NATIVE_SOURCES)
 	$(BIN)/pip install -q --no-deps -e ./services/chat
 	touch $(NATIVE)
 

@@ -19,8 +19,9 @@ from support import SCALECHAT, ServerProcess, free_port, healthy, wait_until
 def pytest_sessionstart(session):
     stale = native.stale()
     if stale:
-        pytest.exit(f"compiled modules older than their source, the tests would run the old code: "
-                    f"{', '.join(stale)}; rebuild them: make .venv/.native (make test does it)",
+        pytest.exit(f"stale builds, the tests would run other code than the source: "
+                    f"{', '.join(stale)}; rebuild: make .venv/.native (make test does it); a "
+                    "build of a module no longer in scalechat.chat.native.COMPILED: delete it",
                     returncode=4)
 
 

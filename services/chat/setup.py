@@ -15,7 +15,6 @@ import sys
 import sysconfig
 from pathlib import Path
 
-
 HERE = Path(__file__).resolve().parent
 
 
@@ -44,8 +43,7 @@ def extensions() -> list:
     # No config file: the checkout's [tool.mypy] strictness is for the type check in the
     # tests; here the dependencies may be missing (build isolation), so their types are Any.
     return mypycify(["--config-file=", "--follow-imports=silent", "--explicit-package-bases",
-                     "--ignore-missing-imports",
-                     *compiled_modules()],
+                     "--ignore-missing-imports", *compiled_modules()],
                     opt_level="3", group_name="scalechat_chat_native")
 
 

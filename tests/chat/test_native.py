@@ -26,17 +26,19 @@ def test_with_a_compiler_every_per_message_module_is_compiled():
     assert native.compiled() == list(native.COMPILED)
 
 
-def test_a_source_edited_after_its_build_is_stale(tmp_path):
-    names = ["fresh", "installed", "edited", "plain"]
+def test_a_source_edited_after_its_build_or_a_module_no_longer_compiled_is_stale(tmp_path):
+    names = ["fresh", "installed", "edited", "plain", "dropped"]
     for name in names:
         (tmp_path / f"{name}.py").write_text("")
         if name != "plain":
             (tmp_path / f"{name}{SUFFIX}").write_bytes(b"")
+    (tmp_path / f"shared__mypyc{SUFFIX}").write_bytes(b"")  # no source: not a module's build
     built = 1_000_000.0
-    for name, source in (("fresh", built - 60), ("installed", built + 0.5), ("edited", built + 60)):
+    for name, source in (("fresh", built - 60), ("installed", built + 0.5), ("edited", built + 60),
+                         ("dropped", built - 60)):
         os.utime(tmp_path / f"{name}{SUFFIX}", (built, built))
         os.utime(tmp_path / f"{name}.py", (source, source))
-    assert native.stale(tmp_path, names) == ["edited"]
+    assert native.stale(tmp_path, ["fresh", "installed", "edited", "plain"]) == ["dropped", "edited"]
 
 
 def test_setup_lists_the_sources_make_rebuilds_on():

@@ -31,14 +31,6 @@ _HERE = Path(__file__).resolve().parent
 STALE_AFTER = 2.0
 
 
-def _built(folder: Path, name: str) -> Path | None:
-    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        path = folder / f"{name}{suffix}"
-        if path.exists():
-            return path
-    return None
-
-
 class _SourceFinder(importlib.abc.MetaPathFinder):
     """Finds the modules of :data:`COMPILED` as their ``.py`` files, never their builds."""
 
@@ -70,11 +62,14 @@ def compiled() -> list[str]:
 
 
 def stale(folder: Path = _HERE, names: Sequence[str] = COMPILED) -> list[str]:
-    """Compiled modules whose source changed after their build (they run the old code)."""
+    """Builds in ``folder`` that would run other code than their source: older than it, or
+    of a module no longer in ``names`` (a rebuild leaves those behind: delete them)."""
     found = []
-    for name in names:
-        built = _built(folder, name)
-        source = (folder / f"{name}.py").stat().st_mtime
-        if built is not None and source > built.stat().st_mtime + STALE_AFTER:
+    for built in sorted(folder.glob("*.so")):
+        name = built.name.split(".")[0]
+        source = folder / f"{name}.py"
+        if not source.exists():
+            continue  # mypyc's shared library, or an extension without a Python twin
+        if name not in names or source.stat().st_mtime > built.stat().st_mtime + STALE_AFTER:
             found.append(name)
     return found
