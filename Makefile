@@ -33,14 +33,15 @@ MEMBERS := services/chat services/loadgen analysis operator
 
 $(STAMP): pyproject.toml $(MEMBERS:%=%/pyproject.toml) $(wildcard services/loadgen/scalechat/loadgen/*.c)
 	@command -v cc >/dev/null || { [ "$$(id -u)" = 0 ] && (apt-get update -q && $(APT) gcc libc6-dev) >/dev/null; } \
-	  || echo "no C compiler: the load generator falls back to its slower pure-Python path"
+	  || echo "no C compiler: the load generator and the chat server's per-message modules run as plain Python, slower"
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip "setuptools>=74.1"
-	$(BIN)/pip install -q -e '.[test]' $(MEMBERS:%=-e ./%)
-	touch $(STAMP) $(NATIVE)
+	SCALECHAT_PURE_PYTHON=1 $(BIN)/pip install -q -e '.[test]' $(MEMBERS:%=-e ./%)
+	touch $(STAMP)
 
 # The chat server's per-message modules run compiled (mypyc, services/chat/setup.py), and a
-# compiled module is imported instead of its source: an edit to one rebuilds them.
+# compiled module is imported instead of its source: an edit to one rebuilds them. (The
+# install above leaves them plain, so a fresh checkout compiles them once, here.)
 NATIVE_SOURCES := $(shell $(PYTHON) services/chat/setup.py --sources)
 $(NATIVE): $(STAMP) services/chat/setup.py services/chat/scalechat/chat/native.py $(NATIVE_SOURCES)
 	$(BIN)/pip install -q --no-deps -e ./services/chat
