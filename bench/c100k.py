@@ -44,7 +44,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import components  # noqa: E402  (sibling scripts, not a package)
 from document import Run  # noqa: E402
-from fanout import cpu_seconds  # noqa: E402
+from procs import cpu_seconds  # noqa: E402
 
 from scalechat.loadgen.wsclient import WSClient, connect  # noqa: E402
 

@@ -31,7 +31,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fanout import cpu_seconds, process_tree, write_syscalls
+from procs import cpu_seconds, process_tree, write_syscalls
 from redis import Redis
 from redis.exceptions import RedisError
 

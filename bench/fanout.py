@@ -31,11 +31,9 @@ import asyncio
 import heapq
 import os
 import random
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -49,8 +47,9 @@ from scalechat.loadgen.wsclient import connect
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from document import Run  # noqa: E402  (a sibling script, not a package)
+from procs import cpu_split, start_scalechat, write_syscalls  # noqa: E402
+from procs import start_server as start  # noqa: E402
 
-TICK = os.sysconf("SC_CLK_TCK")
 SERVER_CORE, GENERATOR_CORE = 0, 1
 
 
@@ -70,68 +69,17 @@ class Measurement:
     lost: int
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def cpu_split(pid: int) -> tuple[float, float]:
-    """(user, system) CPU seconds of ``pid``."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) / TICK, int(fields[12]) / TICK
-
-
-def cpu_seconds(pid: int) -> float:
-    return sum(cpu_split(pid))
-
-
-def process_tree(pid: int) -> list[int]:
-    """``pid`` and its descendants (nginx: master and workers; a CLI and its workers)."""
-    pids = [pid]
-    try:
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            for child in (task / "children").read_text().split():
-                pids += process_tree(int(child))
-    except (FileNotFoundError, ProcessLookupError):
-        pass
-    return pids
-
-
-def write_syscalls(pid: int) -> int:
-    """write/writev/send calls made by ``pid`` so far (``syscw`` in /proc/<pid>/io).
-
-    Per delivery, this shows how well the server batches: the kernel cost of a
-    loopback send is paid per call, nearly whatever its size.
-    """
-    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
-        if line.startswith("syscw:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"/proc/{pid}/io has no syscw line")
-
-
 SCALECHAT_FLAGS: list[str] = []
 
 
 def start_server(kind: str) -> tuple[subprocess.Popen, int]:
-    port = free_port()
     if kind == "scalechat":
-        cmd = [sys.executable, "-m", "scalechat.cli", "serve", "--port", str(port),
-               "--metrics-port", str(free_port()), "--rate-limit", "100000",
-               "--rate-burst", "100000", "--log-level", "warning", *SCALECHAT_FLAGS]
-    else:
-        cmd = [sys.executable, str(HERE / f"{kind}_server.py"), str(port)]
-    proc = subprocess.Popen(["taskset", "-c", str(SERVER_CORE), *cmd],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
-            return proc, port
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"{kind} server did not start") from None
-            time.sleep(0.05)
+        proc, port, _metrics_port = start_scalechat(
+            SERVER_CORE, "--rate-limit", "100000", "--rate-burst", "100000", "--log-level",
+            "warning", *SCALECHAT_FLAGS)
+        return proc, port
+    return start(SERVER_CORE, lambda port: [sys.executable, str(HERE / f"{kind}_server.py"),
+                                            str(port)], f"the {kind} server")
 
 
 class Sleeper:

@@ -48,7 +48,8 @@ import uvloop
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from document import Run  # noqa: E402  (sibling scripts, not a package)
-from slowloris import Attacker, free_port  # noqa: E402
+from procs import start_scalechat  # noqa: E402
+from slowloris import Attacker  # noqa: E402
 
 SERVER_CORE, CLIENT_CORE = 0, 1
 EMOJI_TEXT = "\U0001F600" * 4000
@@ -76,20 +77,7 @@ class Result:
 
 
 def start_server(budget: int) -> tuple[subprocess.Popen, int, int]:
-    port, metrics_port = free_port(), free_port()
-    cmd = ["taskset", "-c", str(SERVER_CORE), sys.executable, "-m", "scalechat.cli", "serve",
-           "--port", str(port), "--metrics-port", str(metrics_port),
-           "--memory-budget-bytes", str(budget), "--log-level", "warning"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
-            return proc, port, metrics_port
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"the server did not start (exit {proc.poll()})") from None
-            time.sleep(0.05)
+    return start_scalechat(SERVER_CORE, "--memory-budget-bytes", str(budget), "--log-level", "warning")
 
 
 def metrics(port: int) -> dict[str, float]:

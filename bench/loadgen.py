@@ -46,7 +46,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fanout import cpu_seconds, free_port, process_tree, write_syscalls
+from procs import cpu_seconds, free_port, process_tree, write_syscalls
 
 SERVER_CPU, GENERATOR_CPU = 0, 1
 WARMUP = 0.5

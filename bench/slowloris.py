@@ -24,9 +24,7 @@ import json
 import multiprocessing
 import os
 import resource
-import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -34,34 +32,15 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 import uvloop
+from procs import start_scalechat  # a sibling script, not a package
 
 SERVER_CORE, CLIENT_CORE = 0, 1
 PARTIAL_HEAD = b"GET /ws/slow HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: "
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_server(extra: list[str], nofile: int | None) -> tuple[subprocess.Popen, int, int]:
-    port, metrics_port = free_port(), free_port()
-    cmd = [sys.executable, "-m", "scalechat.cli", "serve", "--port", str(port),
-           "--metrics-port", str(metrics_port), *extra]
-    if nofile:
-        cmd = ["prlimit", f"--nofile={nofile}:{nofile}", *cmd]
-    proc = subprocess.Popen(["taskset", "-c", str(SERVER_CORE), *cmd],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
-            return proc, port, metrics_port
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("the server did not start") from None
-            time.sleep(0.05)
+    prefix = ("prlimit", f"--nofile={nofile}:{nofile}") if nofile else ()
+    return start_scalechat(SERVER_CORE, *extra, prefix=prefix)
 
 
 def metrics(port: int) -> dict[str, float]:
