@@ -29,8 +29,9 @@ from scalechat.chat.settings import Settings
 log = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT = 2.0  # seconds a condemned socket gets to take its close frame before the abort
-_VIOLATIONS: dict[int, str] = {CloseCode.UNSUPPORTED_DATA: "binary", CloseCode.MESSAGE_TOO_BIG: "too_big",
-               CloseCode.INVALID_TEXT: "invalid_utf8", CloseCode.PROTOCOL_ERROR: "protocol_error"}
+_VIOLATIONS: dict[int, str] = {
+    CloseCode.UNSUPPORTED_DATA: "binary", CloseCode.MESSAGE_TOO_BIG: "too_big",
+    CloseCode.INVALID_TEXT: "invalid_utf8", CloseCode.PROTOCOL_ERROR: "protocol_error"}
 
 
 class _RoomLock:
