@@ -19,10 +19,7 @@ from support import SCALECHAT, ServerProcess, free_port, healthy, wait_until
 def pytest_sessionstart(session):
     stale = native.stale()
     if stale:
-        pytest.exit(f"stale builds, the tests would run other code than the source: "
-                    f"{', '.join(stale)}; rebuild: make .venv/.native (make test does it); a "
-                    "build of a module no longer in scalechat.chat.native.COMPILED: delete it",
-                    returncode=4)
+        pytest.exit(native.stale_advice(stale), returncode=4)
 
 
 @pytest.fixture

@@ -73,3 +73,10 @@ def stale(folder: Path = _HERE, names: Sequence[str] = COMPILED) -> list[str]:
         if name not in names or source.stat().st_mtime > built.stat().st_mtime + STALE_AFTER:
             found.append(name)
     return found
+
+
+def stale_advice(names: Sequence[str]) -> str:
+    """What to say about :func:`stale`'s findings, and what to do."""
+    return (f"stale builds, running other code than the source: {', '.join(names)} (rebuild: "
+            "make .venv/.native, or pip install -e services/chat; delete a build of a module "
+            "no longer in scalechat.chat.native.COMPILED)")

@@ -45,9 +45,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
              app[node_key].name, settings.host, settings.port, settings.metrics_port,
              settings.broker, describe_native())
     if stale := native.stale():
-        log.warning("stale builds, running other code than the source: %s (rebuild: make, "
-                    "or pip install -e services/chat; delete a build of a module no longer "
-                    "compiled)", ", ".join(stale))
+        log.warning(native.stale_advice(stale))
     await stop.wait()
     log.info("shutting down: closing sockets with 1001 (grace %.1fs)", settings.grace_seconds)
     app[state_key]["draining"] = True
