@@ -226,7 +226,6 @@ class ClientSocket(asyncio.Protocol):
         """Fail the connection (RFC 6455 section 7.1.7): a close frame, then the TCP close."""
         log.debug("failing a WebSocket with %d: %s", code, reason)
         self._node.count_violation(code)
-        self._stopped = True
         if self.conn is not None:
             self.conn.dead = True  # nothing more is queued or written for it
         self._send_close(code, reason)
