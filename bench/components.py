@@ -31,14 +31,13 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from procs import cpu_seconds, process_tree, write_syscalls
+from procs import TICK, cpu_seconds, process_tree, write_syscalls
 from redis import Redis
 from redis.exceptions import RedisError
 
 from scalechat.cluster import nginx as cluster_nginx
 
 HOST = "127.0.0.1"
-TICK = os.sysconf("SC_CLK_TCK")
 PR_SET_PDEATHSIG = 1  # prctl(2)
 _libc = ctypes.CDLL(None, use_errno=True)
 START_TIMEOUT = 20.0
