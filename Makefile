@@ -39,12 +39,13 @@ $(STAMP): pyproject.toml $(MEMBERS:%=%/pyproject.toml) $(wildcard services/loadg
 	SCALECHAT_PURE_PYTHON=1 $(BIN)/pip install -q -e '.[test]' $(MEMBERS:%=-e ./%)
 	touch $(STAMP)
 
-# The chat server's per-message modules run compiled (mypyc, services/chat/setup.py), and a
-# compiled module is imported instead of its source: an edit to one rebuilds them. (The
-# install above leaves them plain, so a fresh checkout compiles them once, here.)
-NATIVE_SOURCES := $(shell $(PYTHON) services/chat/setup.py --sources)
-$(NATIVE): $(STAMP) services/chat/setup.py services/chat/scalechat/chat/native.py $(NATIVE_SOURCES)
-	$(BIN)/pip install -q --no-deps -e ./services/chat
+# The chat server's per-message modules and the core's frame parser run compiled (mypyc:
+# setup.py, services/chat/setup.py), and a compiled module is imported instead of its
+# source: an edit to one rebuilds them. (The install above leaves them plain, so a fresh
+# checkout compiles them once, here.)
+NATIVE_SOURCES := $(shell $(PYTHON) setup.py --sources) $(shell $(PYTHON) services/chat/setup.py --sources)
+$(NATIVE): $(STAMP) setup.py services/chat/setup.py src/scalechat/native.py services/chat/scalechat/chat/native.py $(NATIVE_SOURCES)
+	$(BIN)/pip install -q --no-deps -e . -e ./services/chat
 	touch $(NATIVE)
 
 # Installs missing Debian packages (needs root, as in CI); says what is missing otherwise.

@@ -109,7 +109,7 @@ def main() -> None:
     if len(os.sched_getaffinity(0)) > 1:
         os.sched_setaffinity(0, {0})
     compiled = native.compiled()
-    print(f"per-message modules compiled: {len(compiled)} of {len(native.COMPILED)}")
+    print(f"per-message modules compiled: {len(compiled)} of {len(native.modules())}")
     for _ in range(args.repeat):
         per_message = uvloop.run(run(args.rooms, args.members, args.messages))
         print(f"{args.rooms} x {args.members}: {per_message * 1e6:.2f} µs per message, "

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
-@pytest.mark.skipif(len(native.compiled()) != len(native.COMPILED),
+@pytest.mark.skipif(len(native.compiled()) != len(native.modules()),
                     reason="the per-message modules are not compiled (no C compiler at install)")
 def test_a_tiny_run_counts_both_builds(tmp_path: Path) -> None:
     out = tmp_path / "instructions.json"
@@ -29,7 +29,7 @@ def test_a_tiny_run_counts_both_builds(tmp_path: Path) -> None:
     document = json.loads(out.read_text())
     counts = document["instructions_per_message"]
     assert set(counts) == {"compiled", "plain"} and all(n > 0 for n in counts.values())
-    assert document["host"]["code"]["compiled"] == list(native.COMPILED)
+    assert document["host"]["code"]["compiled"] == native.modules()
 
 
 def test_large_must_exceed_small() -> None:

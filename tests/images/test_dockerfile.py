@@ -286,7 +286,7 @@ def test_the_build_context_holds_exactly_what_the_image_is_built_from():
     context = build_context()
     assert not [f for f in context if f.endswith(".so")], "the builder compiles its own extensions"
     tops = {f.split("/")[0] for f in context}
-    assert tops == {"pyproject.toml", "README.md", "docker"} | package_folders()
+    assert tops == {"pyproject.toml", "setup.py", "README.md", "docker"} | package_folders()
     assert "docker/requirements.py" in context and "docker/Dockerfile" not in context
     assert not [f for f in context if "__pycache__" in f or f.endswith(".pyc")]
     assert not [f for f in context if f.startswith(("tests/", "charts/", "build/", ".venv/"))]

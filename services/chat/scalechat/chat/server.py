@@ -60,9 +60,9 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
 def describe_native() -> str:
     """Whether the per-message modules run compiled (see :mod:`scalechat.chat.native`)."""
     count = len(native.compiled())
-    if count == len(native.COMPILED):
+    if count == len(native.modules()):
         return "per-message modules compiled"
-    return f"{count} of {len(native.COMPILED)} per-message modules compiled"
+    return f"{count} of {len(native.modules())} per-message modules compiled"
 
 
 def raise_open_file_limit(settings: Settings) -> None:
