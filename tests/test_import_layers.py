@@ -8,7 +8,7 @@ lazy import cannot hide a dependency. Within the chat server, from the top:
     node           node, metrics
     hub / broker   hub, broker, broker_memory, broker_redis, redis_shard
     room / outbox  room, outbox (sans-I/O: a room's state and policy, one socket's queue)
-    protocol       protocol, errors, framing, deflate, ratelimit, budget, settings,
+    protocol       protocol, errors, framing, deflate, ratelimit, budget, counters, settings,
                    redis_scripts, redis_link, link (sans-I/O rules, leaf helpers, the
                    socket interface)
 
@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 CHAT = REPO / "services" / "chat" / "scalechat" / "chat"
 LAYERS = [
     {"protocol", "errors", "framing", "deflate", "ratelimit", "budget", "settings", "redis_scripts",
-     "redis_link", "link", "native"},
+     "redis_link", "link", "native", "counters"},
     {"room", "outbox"},
     {"hub", "broker", "broker_memory", "broker_redis", "redis_shard"},
     {"node", "metrics"},

@@ -174,5 +174,5 @@ async def test_a_failed_join_handles_nothing_read_and_reads_on_for_the_close_han
     await asyncio.sleep(0.01)
     _, _, close = transport.frames()
     assert close.code == 1013 and transport.closed
-    assert texts(transport) == [] and node.metrics.received == 0
+    assert texts(transport) == [] and node.metrics.hot.received == 0
     await node.close(0.1)

@@ -52,6 +52,9 @@ class MemoryBroker:
     def __init__(self, settings: Settings, clock=time.monotonic,
                  budget: MemoryBudget | None = None) -> None:
         self._settings = settings
+        # Read per message: kept here (Settings is frozen) rather than read through it.
+        self._history_size = settings.history_size
+        self._history_room_bytes = settings.history_room_bytes
         self._clock = clock
         self._budget = budget or MemoryBudget(1 << 62)
         self._rooms: dict[str, _Room] = {}
@@ -121,10 +124,10 @@ class MemoryBroker:
 
     def _store(self, draft: Draft) -> Published:
         state = self._room(draft.room)
-        if draft.cid is not None and self._settings.history_size:
+        if draft.cid is not None and self._history_size:
             dedupe = f"{draft.sender}\n{draft.cid}"
             original = state.cids.get(dedupe)
-            if original is not None and original > state.seq - self._settings.history_size:
+            if original is not None and original > state.seq - self._history_size:
                 first = state.entries[0][0] if state.entries else state.seq + 1
                 payload = state.entries[original - first][1] if original >= first else None
                 return Published(original, payload, duplicate=True)
@@ -141,15 +144,15 @@ class MemoryBroker:
 
     def _keep(self, name: str, state: _Room, seq: int, payload: bytes) -> None:
         """Append to the room's history within its caps and the process budget."""
-        settings, budget, entries = self._settings, self._budget, state.entries
-        if not settings.history_size:
+        budget, entries, keep = self._budget, state.entries, self._history_size
+        if not keep:
             return
         size = len(payload)
         entries.append((seq, payload))
         state.bytes += size
         budget.history += size
-        cap = settings.history_room_bytes
-        while len(entries) > settings.history_size or (state.bytes > cap and len(entries) > 1):
+        cap = self._history_room_bytes
+        while len(entries) > keep or (state.bytes > cap and len(entries) > 1):
             self._drop_oldest(state)
         holding = self._holding
         holding[name] = None
@@ -180,7 +183,7 @@ class MemoryBroker:
             order.remove((state.cids[dedupe], dedupe))
         state.cids[dedupe] = seq
         order.append((seq, dedupe))
-        oldest = seq - self._settings.history_size
+        oldest = seq - self._history_size
         while order[0][0] <= oldest:
             del state.cids[order.popleft()[1]]
 

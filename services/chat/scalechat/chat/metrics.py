@@ -5,14 +5,12 @@ answered even while the event loop is saturated (it needs the GIL for a few
 milliseconds, not a turn of the loop).
 
 The per-message counters and the processing-time histogram sit on the hot
-path, so they are plain integers and lists updated by the event loop (no
-lock: one writer) and read by a collector at scrape time. A scrape may see a
-histogram one observation behind its count; it never sees counts decrease.
+path: they are ``hot`` (:class:`~scalechat.chat.counters.HotCounters`), read
+by a collector at scrape time.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections.abc import Callable, Iterator
 
 from prometheus_client import (CollectorRegistry, Counter, Gauge, Info, PlatformCollector,
@@ -20,11 +18,8 @@ from prometheus_client import (CollectorRegistry, Counter, Gauge, Info, Platform
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from scalechat.chat.counters import PROCESSING_BUCKETS, HotCounters
 from scalechat.chat.protocol import ErrorCode, RefusalReason
-
-# From 100 us to 10 s: loop stalls show up in the top buckets.
-PROCESSING_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-                      0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 disable_created_metrics()  # *_created series only add cardinality here
 
@@ -39,13 +34,8 @@ class Metrics:
               registry=registry).set_function(connections)
         Gauge("scalechat_rooms", "Rooms with at least one local member.",
               registry=registry).set_function(rooms)
-        # Hot path: plain ints, exported by _HotCollector.
-        self.received = 0
-        self.delivered = 0
-        self.broker_received = 0
-        self._buckets = [0] * (len(PROCESSING_BUCKETS) + 1)  # last: above the top bound
-        self._processing_sum = 0.0
-        registry.register(_HotCollector(self))
+        self.hot = HotCounters()  # the message path's, exported by _HotCollector
+        registry.register(_HotCollector(self.hot))
         self.slow_consumers = Counter("scalechat_slow_consumer_disconnects_total",
                                       "Connections closed with 1013 because they stopped reading.",
                                       registry=registry)
@@ -85,15 +75,6 @@ class Metrics:
               registry=registry).set_function(lambda: budget.outgoing)
         registry.register(_BudgetCollector(budget))
 
-    def observe_processing(self, received: list[float], now: float) -> None:
-        buckets = self._buckets
-        total = 0.0
-        for t in received:
-            seconds = now - t
-            buckets[bisect_left(PROCESSING_BUCKETS, seconds)] += 1
-            total += seconds
-        self._processing_sum += total
-
     def serve(self, host: str, port: int) -> None:
         self._server, _thread = start_http_server(port, addr=host, registry=self.registry)
 
@@ -105,11 +86,11 @@ class Metrics:
 
 
 class _HotCollector(Collector):
-    def __init__(self, metrics: Metrics) -> None:
-        self._m = metrics
+    def __init__(self, hot: HotCounters) -> None:
+        self._hot = hot
 
     def collect(self) -> Iterator[Metric]:
-        m = self._m
+        m = self._hot
         yield CounterMetricFamily("scalechat_messages_received",
                                   "Client messages accepted and published.", value=m.received)
         yield CounterMetricFamily("scalechat_messages_delivered",
@@ -118,7 +99,7 @@ class _HotCollector(Collector):
         yield CounterMetricFamily("scalechat_broker_messages_received",
                                   "Messages this node received from the broker (pub/sub), "
                                   "including those for local senders.", value=m.broker_received)
-        counts, total = list(m._buckets), m._processing_sum
+        counts, total = list(m.buckets), m.processing_sum
         cumulative, running = [], 0
         for bound, count in zip((*map(str, PROCESSING_BUCKETS), "+Inf"), counts):
             running += count

@@ -18,7 +18,7 @@ from scalechat import native as core
 
 # The modules a message passes through, in the order it meets them.
 COMPILED = ("client_socket", "deflate", "node", "ratelimit", "protocol", "broker",
-            "broker_memory", "hub", "room", "outbox", "framing")
+            "broker_memory", "budget", "hub", "room", "outbox", "framing", "counters")
 CHAT = core.Compiled("scalechat.chat", Path(__file__).resolve().parent, COMPILED)
 # What a message runs through: the core's frame parser, then the chat server's modules.
 PER_MESSAGE = (core.CORE, CHAT)

@@ -51,6 +51,7 @@ class Node:
         self.budget = budget or MemoryBudget(1 << 62)
         self.broker = broker
         self.metrics = metrics
+        self._counts = metrics.hot  # per message: a compiled object's fields
         self.hub = hub
         self.name = settings.node_name
         self._closing: set[asyncio.Task] = set()
@@ -86,10 +87,10 @@ class Node:
         # Once per message per node, whatever the broker: the Redis broker's reader
         # calls this for each message of a subscribed room (local senders' included);
         # the memory broker calls it inside submit, before the sender's result.
-        self.metrics.broker_received += 1
+        self._counts.broker_received += 1
         delivered = self.hub.broadcast(room, payload, seq, received_at)
         if delivered:
-            self.metrics.delivered += delivered
+            self._counts.delivered += delivered
 
     def _deliver_event(self, room: str, payload: bytes) -> None:
         try:
@@ -247,7 +248,7 @@ class Node:
                     ErrorCode.DUPLICATE, f"already stored as seq {published.seq}; its frame has "
                     "left the history", cid)))
             return
-        self.metrics.received += 1
+        self._counts.received += 1
 
     def _reject(self, conn: Outbox, code: ErrorCode, reason: str, cid: str | None) -> None:
         self.metrics.rejected.labels(reason=code.value).inc()
