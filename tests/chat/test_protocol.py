@@ -1,7 +1,11 @@
 """The sans-I/O protocol core: no socket, no event loop."""
 
+import sys
+
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from scalechat.chat.errors import ProtocolError
 from scalechat.chat.framing import frame_text
@@ -68,6 +72,18 @@ def test_encoded_message_fields():
     frame = orjson.loads(encode_message("r", 7, "ep", "bob", "<b>x</b>", 123, "c"))
     assert frame == {"type": "message", "room": "r", "seq": 7, "id": "ep-7", "from": "bob",
                      "text": "<b>x</b>", "ts": 123, "cid": "c"}
+
+
+@given(room=st.text(), seq=st.integers(0, 2**53), epoch=st.text(), sender=st.text(),
+       text=st.text(), ts=st.integers(0, 2**53), cid=st.none() | st.text())
+def test_encoded_message_is_orjsons_encoding_of_the_frame(room, seq, epoch, sender, text, ts, cid):
+    # Byte for byte what the Redis broker's Lua script writes (redis_scripts.py), in a
+    # buffer of its own size.
+    payload = encode_message(room, seq, epoch, sender, text, ts, cid)
+    assert payload == orjson.dumps({"type": "message", "room": room, "seq": seq,
+                                    "id": f"{epoch}-{seq}", "from": sender, "text": text,
+                                    "ts": ts, "cid": cid})
+    assert sys.getsizeof(payload) - len(payload) < 64  # no spare buffer kept in a history
 
 
 def test_history_embeds_encoded_messages_verbatim():
