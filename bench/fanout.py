@@ -4,7 +4,12 @@ For each scenario (rooms x clients, 100-byte messages) and each server:
   * at a fixed offered load both servers hold: server CPU seconds per delivered
     message (from /proc/<pid>/stat) and its kernel share, write syscalls per
     delivered message (from /proc/<pid>/io), delivered/s, echo latency p50/p99
-    measured from the *scheduled* send time;
+    measured from the *scheduled* send time, and where its tail comes from:
+    the round trip's p99 from the moment the generator actually wrote the
+    message (the difference is the generator's own lateness), scalechat's own
+    processing time p99 from its /metrics histogram (from a message's
+    arrival to its write to the last member, as a bucket bound), and the CPU
+    time the hypervisor stole from the machine meanwhile (/proc/stat);
   * at saturation (an offered load far above what either holds): delivered/s.
 
 The server runs pinned to core 0, the generator (this process) to core 1.
@@ -34,6 +39,7 @@ import random
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -67,19 +73,54 @@ class Measurement:
     echo_p99_ms: float
     generator_cpu_percent: float
     lost: int
+    round_trip_p99_ms: float = float("nan")  # from the actual write, not the schedule
+    server_processing_p99_ms: float = float("nan")  # scalechat only: its histogram's bucket bound
+    steal_percent: float = float("nan")  # of the machine's CPU time, during the window
 
 
 SCALECHAT_FLAGS: list[str] = []
 
 
-def start_server(kind: str) -> tuple[subprocess.Popen, int]:
+def start_server(kind: str) -> tuple[subprocess.Popen, int, int | None]:
+    """The server process, its port and (scalechat only) its metrics port."""
     if kind == "scalechat":
-        proc, port, _metrics_port = start_scalechat(
+        return start_scalechat(
             SERVER_CORE, "--rate-limit", "100000", "--rate-burst", "100000", "--log-level",
             "warning", *SCALECHAT_FLAGS)
-        return proc, port
-    return start(SERVER_CORE, lambda port: [sys.executable, str(HERE / f"{kind}_server.py"),
-                                            str(port)], f"the {kind} server")
+    proc, port = start(SERVER_CORE, lambda port: [sys.executable, str(HERE / f"{kind}_server.py"),
+                                                  str(port)], f"the {kind} server")
+    return proc, port, None
+
+
+PROCESSING = "scalechat_message_processing_seconds_bucket"
+
+
+def processing_buckets(metrics_port: int) -> dict[float, float]:
+    """scalechat's processing-time histogram: upper bound (s) -> cumulative count."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    buckets = {}
+    for line in text.splitlines():
+        if line.startswith(PROCESSING + "{"):
+            bound = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets[float(bound)] = float(line.rsplit(" ", 1)[1])
+    return buckets
+
+
+def bucket_quantile(before: dict[float, float], after: dict[float, float], q: float) -> float:
+    """The smallest bucket bound (s) under which ``q`` of the observations between the two
+    scrapes fall (inf if only the top bucket holds them; nan if there were none)."""
+    counts = sorted((bound, after[bound] - before.get(bound, 0.0)) for bound in after)
+    if not counts or counts[-1][1] <= 0:
+        return float("nan")
+    total = counts[-1][1]
+    return next(bound for bound, cumulative in counts if cumulative >= q * total)
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(stolen, all) CPU ticks of the whole machine so far (/proc/stat's first line)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return fields[7], sum(fields)
 
 
 class Sleeper:
@@ -127,6 +168,7 @@ class Generator:
         self.delivered = 0
         self.sent = 0
         self.echo: list[float] = []
+        self.round_trip: list[float] = []
         self.measuring = False
 
     async def open(self) -> None:
@@ -151,10 +193,13 @@ class Generator:
             now = time.perf_counter()
             for payload in payloads:
                 start = payload.find(marker)
-                if start >= 0:  # our own echo: latency from the scheduled send time
+                if start >= 0:  # our own echo: latency from the scheduled and the actual send
                     start += len(marker)
-                    scheduled = float(payload[start:payload.index(b":", start)])
+                    middle = payload.index(b":", start)
+                    scheduled = float(payload[start:middle])
+                    sent = float(payload[middle + 1:payload.index(b":", middle + 1)])
                     self.echo.append(now - scheduled)
+                    self.round_trip.append(now - sent)
         return on_messages
 
     async def run(self, rate_per_client: float, seconds: float) -> tuple[int, int]:
@@ -165,7 +210,7 @@ class Generator:
         due = [(start + random.random() * period, i) for i in range(len(self.clients))]
         heapq.heapify(due)
         names = [f"c{i // self.per_room}-{i % self.per_room}" for i in range(len(self.clients))]
-        pad = "x" * 60
+        pad = "x" * 42  # the text is ~100 bytes: name, two times, pad
         end = start + seconds
         sent0, delivered0 = self.sent, self.delivered
         self.measuring = True
@@ -176,7 +221,7 @@ class Generator:
                 break
             while due[0][0] <= now:  # catch up: latency is measured from the due time
                 when, i = due[0]
-                text = f"{names[i]}:{when:.6f}:{pad}"
+                text = f"{names[i]}:{when:.6f}:{time.perf_counter():.6f}:{pad}"
                 self.clients[i].send_text(orjson.dumps({"type": "message", "text": text}))
                 self.sent += 1
                 heapq.heapreplace(due, (when + period, i))
@@ -192,21 +237,26 @@ class Generator:
 
 async def measure(kind: str, scenario: str, rooms: int, per_room: int,
                   deliveries_per_s: float, seconds: float) -> Measurement:
-    proc, port = start_server(kind)
+    proc, port, metrics_port = start_server(kind)
     try:
         gen = Generator(port, rooms, per_room)
         await gen.open()
         rate = deliveries_per_s / (rooms * per_room * per_room)
         await gen.run(rate, 1.0)  # warm-up
         gen.echo.clear()
-        writes0 = write_syscalls(proc.pid)
+        gen.round_trip.clear()
+        buckets0 = processing_buckets(metrics_port) if metrics_port else {}
+        writes0, (stolen0, ticks0) = write_syscalls(proc.pid), machine_ticks()
         (user0, sys0), own0, t0 = cpu_split(proc.pid), time.process_time(), time.perf_counter()
         sent, delivered = await gen.run(rate, seconds)
         (user1, sys1), own1, t1 = cpu_split(proc.pid), time.process_time(), time.perf_counter()
-        writes1 = write_syscalls(proc.pid)
+        writes1, (stolen1, ticks1) = write_syscalls(proc.pid), machine_ticks()
+        processing = (bucket_quantile(buckets0, processing_buckets(metrics_port), 0.99) * 1000
+                      if metrics_port else float("nan"))
         cpu0, cpu1 = user0 + sys0, user1 + sys1
         await gen.close()
         echo = np.array(gen.echo) * 1000 if gen.echo else np.array([np.nan])
+        round_trip = np.array(gen.round_trip) * 1000 if gen.round_trip else np.array([np.nan])
         return Measurement(
             server=kind, scenario=scenario, offered_deliveries_per_s=deliveries_per_s,
             delivered_per_s=delivered / seconds,
@@ -216,7 +266,10 @@ async def measure(kind: str, scenario: str, rooms: int, per_room: int,
             server_writes_per_delivery=(writes1 - writes0) / max(delivered, 1),
             echo_p50_ms=float(np.percentile(echo, 50)), echo_p99_ms=float(np.percentile(echo, 99)),
             generator_cpu_percent=(own1 - own0) / (t1 - t0) * 100,
-            lost=sent * per_room - delivered)
+            lost=sent * per_room - delivered,
+            round_trip_p99_ms=float(np.percentile(round_trip, 99)),
+            server_processing_p99_ms=processing,
+            steal_percent=(stolen1 - stolen0) / max(ticks1 - ticks0, 1) * 100)
     finally:
         proc.terminate()
         proc.wait(15)
@@ -230,14 +283,16 @@ SCENARIOS = {  # name: (rooms, clients per room, fixed deliveries/s both hold)
 
 def table(rows: list[Measurement]) -> str:
     head = (f"{'scenario':8} {'server':9} {'offered/s':>10} {'delivered/s':>11} {'cpu us/dlv':>10} "
-            f"{'cpu %':>6} {'sys':>4} {'w/dlv':>5} {'p50 ms':>7} {'p99 ms':>8} {'gen cpu %':>9}")
+            f"{'cpu %':>6} {'sys':>4} {'w/dlv':>5} {'p50 ms':>7} {'p99 ms':>8} {'rt p99':>7} "
+            f"{'srv p99':>7} {'steal':>5} {'gen cpu %':>9}")
     lines = [head, "-" * len(head)]
     for m in rows:
         lines.append(f"{m.scenario:8} {m.server:9} {m.offered_deliveries_per_s:>10.0f} "
                      f"{m.delivered_per_s:>11.0f} {m.cpu_us_per_delivery:>10.2f} "
                      f"{m.server_cpu_percent:>6.0f} {m.server_system_share:>4.0%} "
                      f"{m.server_writes_per_delivery:>5.2f} {m.echo_p50_ms:>7.2f} {m.echo_p99_ms:>8.2f} "
-                     f"{m.generator_cpu_percent:>9.0f}")
+                     f"{m.round_trip_p99_ms:>7.2f} {_bound(m.server_processing_p99_ms):>7} "
+                     f"{m.steal_percent:>4.1f}% {m.generator_cpu_percent:>9.0f}")
     return "\n".join(lines)
 
 
@@ -258,6 +313,11 @@ async def main_async(args: argparse.Namespace) -> list[list[Measurement]]:
                     rows.append(m)
         rounds.append(rows)
     return rounds
+
+
+def _bound(ms: float) -> str:
+    """A histogram bucket bound in ms, or '-' where the server has no histogram."""
+    return "-" if ms != ms else f"<={ms:g}"
 
 
 def spread(values: list[float]) -> str:
@@ -316,18 +376,20 @@ def main() -> None:
 
 def ratio_line(rounds: list[list[Measurement]], scenario: str) -> str:
     """scalechat against naive in ``scenario``, and the floor against naive when it ran."""
-    cpu, floor, p99s, sat = [], [], [], []
+    cpu, floor, p99s, round_trips, sat = [], [], [], [], []
     for rows in rounds:
         by = {(m.scenario, m.server): m for m in rows}
         ours, naive = by[(scenario, "scalechat")], by[(scenario, "naive")]
         cpu.append(ours.cpu_us_per_delivery / naive.cpu_us_per_delivery)
         p99s.append(f"{ours.echo_p99_ms:.1f} vs {naive.echo_p99_ms:.1f}")
+        round_trips.append(f"{ours.round_trip_p99_ms:.1f} vs {naive.round_trip_p99_ms:.1f}")
         if (scenario, "floor") in by:
             floor.append(by[(scenario, "floor")].cpu_us_per_delivery / naive.cpu_us_per_delivery)
         if (scenario + "*", "scalechat") in by:
             sat.append(by[(scenario + "*", "scalechat")].delivered_per_s
                        / by[(scenario + "*", "naive")].delivered_per_s)
-    line = f"  {scenario}: CPU per delivery {spread(cpu)}; p99 ms {', '.join(p99s)}"
+    line = (f"  {scenario}: CPU per delivery {spread(cpu)}; p99 ms {', '.join(p99s)}"
+            f"; from the actual send {', '.join(round_trips)}")
     if sat:
         line += f"; saturation deliveries/s {spread(sat)}"
     if floor:
