@@ -111,8 +111,9 @@ def listed(native_py: Path) -> list[str]:
 
 def extensions(base: Path, folder: str, names: Sequence[str], group: str,
                what: str, mypy_path: Sequence[Path]) -> list:
-    """For a ``setup.py``: ``names`` in ``base/folder`` compiled as one mypyc ``group``, or
-    none (plain Python) without a C compiler or with ``SCALECHAT_PURE_PYTHON=1``.
+    """For a ``setup.py``: ``names`` in ``folder`` (relative to the setup.py's folder, the
+    working directory) compiled as one mypyc ``group``, their module names taken from
+    ``base``; or none (plain Python) without a C compiler or with ``SCALECHAT_PURE_PYTHON=1``.
 
     With a compiler, a module that does not compile fails the install: a type
     error there is a bug, not a reason to fall back quietly.
