@@ -94,7 +94,8 @@ def fanout_table() -> str:
     first = f" The first of {rounds} rounds:" if rounds > 1 else ""
     lines = [f"From {provenance(path, doc)}: `{doc['command']}`.{first}", "",
              "| scenario | server | offered/s | delivered/s | CPU µs per delivery (vs naive) | kernel share "
-             "| writes per delivery | echo p50 / p99 |", "|---|---|---|---|---|---|---|---|"]
+             "| writes per delivery | echo p50 / p99 | p99 from the actual send | server's p99 | steal |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for (scenario, server, saturated), m in sorted(rows.items(), key=lambda kv: (kv[0][0], kv[0][2])):
         naive = rows.get((scenario, "naive", saturated))
         ratio = (f" ({m['cpu_us_per_delivery'] / naive['cpu_us_per_delivery']:.2f}x)"
@@ -103,8 +104,16 @@ def fanout_table() -> str:
                      f"| {m['offered_deliveries_per_s']:,.0f} | {m['delivered_per_s']:,.0f} "
                      f"| {m['cpu_us_per_delivery']:.2f}{ratio} | {m['server_system_share']:.0%} "
                      f"| {m['server_writes_per_delivery']:.2f} "
-                     f"| {m['echo_p50_ms']:.2f} / {m['echo_p99_ms']:.2f} ms |")
+                     f"| {m['echo_p50_ms']:.2f} / {m['echo_p99_ms']:.2f} ms "
+                     f"| {_opt(m.get('round_trip_p99_ms'), '{:.2f} ms')} "
+                     f"| {_opt(m.get('server_processing_p99_ms'), '≤ {:g} ms')} "
+                     f"| {_opt(m.get('steal_percent'), '{:.1f}%')} |")
     return "\n".join(lines)
+
+
+def _opt(value: float | None, fmt: str) -> str:
+    """A figure a run may lack (older runs; the naive server has no histogram): '-'."""
+    return "-" if value is None or value != value else fmt.format(value)
 
 
 def fanout_ratios(doc: Doc, scenario: str) -> list[float]:
@@ -218,6 +227,14 @@ def performance_table() -> str:
         lines.append(f"| echo p99, 100 x 4 at {fan['options']['loads']['100x4']:,}/s (naive server's) "
                      f"| < 1 ms, ≤ naive | {_ms(_median(p99['scalechat']))} "
                      f"({_ms(_median(p99['naive']))}){medians} | {when} | `bench/fanout.py` |")
+        sent = {server: [rows[("100x4", server, False)].get("round_trip_p99_ms")
+                         for rows in (_fanout_rows(fan, i) for i in range(len(fan["rounds"])))
+                         if ("100x4", server, False) in rows]
+                for server in ("scalechat", "naive")}
+        if None not in sent["scalechat"] + sent["naive"]:  # runs before e7f6865 lack it
+            lines.append(f"| the same from the generator's actual send (its lateness left out) "
+                         f"| | {_ms(_median(sent['scalechat']))} ({_ms(_median(sent['naive']))})"
+                         f"{medians} | {when} | `bench/fanout.py` |")
     so_path, so = newest("scaleout")
     s, when = so["summary"], measured(so)
     cmd = "`bench/scaleout.py`"
