@@ -44,7 +44,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import components  # noqa: E402  (sibling scripts, not a package)
 from document import Run  # noqa: E402
-from procs import cpu_seconds  # noqa: E402
+from procs import cpu_seconds, free_ports  # noqa: E402
 
 from scalechat.loadgen.wsclient import WSClient, connect  # noqa: E402
 
@@ -92,7 +92,7 @@ def raise_nofile(wanted: int) -> None:
 
 def start_server(connections: int, run_dir: Path) -> tuple[components.Pinned, int]:
     """A fresh server pinned to its core, answering /healthz; its log in ``run_dir``."""
-    port, metrics_port = components.free_ports(2)
+    port, metrics_port = free_ports(2)
     argv = [sys.executable, "-m", "scalechat.cli", "serve", "--port", str(port),
             "--metrics-port", str(metrics_port), "--max-connections", str(connections + 100),
             "--joins-per-address", "0", "--rate-limit", "1000000", "--rate-burst", "1000000",

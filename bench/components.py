@@ -23,7 +23,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,7 +30,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from procs import TICK, cpu_seconds, process_tree, write_syscalls
+from procs import TICK, cpu_seconds, free_ports, process_tree, write_syscalls
 from redis import Redis
 from redis.exceptions import RedisError
 
@@ -54,20 +53,6 @@ SERIES = {
     "connections": "scalechat_connections",
     "rooms": "scalechat_rooms",
 }
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct ports nothing listens on now (the kernel's picks)."""
-    socks = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind((HOST, 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def find_program(name: str) -> str:

@@ -22,7 +22,7 @@ from pathlib import Path
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from components import free_ports  # a sibling script, not a package
+from procs import free_ports  # a sibling script, not a package
 
 from scalechat.chat.server import serve
 from scalechat.chat.settings import Settings

@@ -53,8 +53,7 @@ from scalechat.loadgen.wsclient import connect
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from document import Run  # noqa: E402  (a sibling script, not a package)
-from procs import cpu_split, start_scalechat, write_syscalls  # noqa: E402
-from procs import start_server as start  # noqa: E402
+from procs import cpu_split, start_scalechat, start_server, write_syscalls  # noqa: E402
 
 SERVER_CORE, GENERATOR_CORE = 0, 1
 
@@ -81,14 +80,15 @@ class Measurement:
 SCALECHAT_FLAGS: list[str] = []
 
 
-def start_server(kind: str) -> tuple[subprocess.Popen, int, int | None]:
-    """The server process, its port and (scalechat only) its metrics port."""
+def start_kind(kind: str) -> tuple[subprocess.Popen, int, int | None]:
+    """The ``kind`` of server (naive, scalechat, floor) pinned to its core: the process, its
+    port and (scalechat only) its metrics port."""
     if kind == "scalechat":
         return start_scalechat(
             SERVER_CORE, "--rate-limit", "100000", "--rate-burst", "100000", "--log-level",
             "warning", *SCALECHAT_FLAGS)
-    proc, port = start(SERVER_CORE, lambda port: [sys.executable, str(HERE / f"{kind}_server.py"),
-                                                  str(port)], f"the {kind} server")
+    proc, port = start_server(SERVER_CORE, lambda port: [
+        sys.executable, str(HERE / f"{kind}_server.py"), str(port)], f"the {kind} server")
     return proc, port, None
 
 
@@ -237,7 +237,7 @@ class Generator:
 
 async def measure(kind: str, scenario: str, rooms: int, per_room: int,
                   deliveries_per_s: float, seconds: float) -> Measurement:
-    proc, port, metrics_port = start_server(kind)
+    proc, port, metrics_port = start_kind(kind)
     try:
         gen = Generator(port, rooms, per_room)
         await gen.open()

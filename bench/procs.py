@@ -20,10 +20,22 @@ TICK = os.sysconf("SC_CLK_TCK")
 START_TIMEOUT = 15.0
 
 
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct ports nothing listens on now (the kernel's picks, held together)."""
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def cpu_split(pid: int) -> tuple[float, float]:
