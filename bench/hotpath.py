@@ -65,7 +65,7 @@ async def run(rooms: int, members: int, messages: int) -> float:
     """CPU seconds per message over ``messages`` messages spread evenly over the sockets."""
     settings = Settings(rate_limit=1e9, rate_burst=10**9)
     metrics = Metrics(lambda: hub.connection_count, lambda: hub.room_count, host_facts())
-    hub = Hub(asyncio.get_running_loop(), metrics.hot.observe_processing, settings.flush_interval_ms / 1000)
+    hub = Hub(asyncio.get_running_loop(), metrics.hot, settings.flush_interval_ms / 1000)
     node = Node(settings, MemoryBroker(settings), metrics, hub)
     await node.start()
     sockets = []

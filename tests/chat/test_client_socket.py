@@ -14,6 +14,7 @@ import orjson
 from raw_ws import client_frame, close_payload, message
 from scalechat.chat.broker import create_broker
 from scalechat.chat.client_socket import ClientSocket, Heartbeat
+from scalechat.chat.counters import HotCounters
 from scalechat.chat.hub import Hub
 from scalechat.chat.metrics import Metrics
 from scalechat.chat.node import Node
@@ -73,7 +74,7 @@ class RecordingTransport:
 
 async def session(settings: Settings, heartbeat: Heartbeat | None = None):
     loop = asyncio.get_running_loop()
-    hub = Hub(loop, lambda received, now: None)
+    hub = Hub(loop, HotCounters())
     node = Node(settings, create_broker(settings), Metrics(lambda: 0, lambda: 0, {}), hub)
     await node.start()
     sock = ClientSocket(node, heartbeat, settings.max_message_bytes)

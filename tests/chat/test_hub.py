@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
+from scalechat.chat.counters import HotCounters
 from scalechat.chat.framing import frame_text
 from scalechat.chat.hub import Hub
 from scalechat.chat.outbox import Outbox
@@ -34,7 +36,7 @@ class _Transport:
 
 def new_hub(interval: float = INTERVAL) -> Hub:
     """A Hub on the running loop that ignores processing-time observations."""
-    return Hub(asyncio.get_running_loop(), lambda received, now: None, interval)
+    return Hub(asyncio.get_running_loop(), HotCounters(), interval)
 
 
 def member(hub: Hub, loop, room: str, condemned: list | None = None,
@@ -134,14 +136,16 @@ async def test_without_an_interval_every_socket_is_written_each_tick():
 
 async def test_processing_time_is_observed_when_the_last_write_is_made():
     loop = asyncio.get_running_loop()
-    observed = []
-    hub = Hub(loop, lambda received, now: observed.append((len(received), now)), INTERVAL)
+    counters = HotCounters()
+    hub = Hub(loop, counters, INTERVAL)
     member(hub, loop, "r")
-    hub.broadcast("r", b"{}", received_at=1.0)
-    hub.broadcast("r", b"{}", received_at=2.0)
-    assert observed == []
+    received = time.perf_counter()
+    hub.broadcast("r", b"{}", received_at=received)
+    hub.broadcast("r", b"{}", received_at=received - 100.0)  # over the top bucket's 10 s
+    assert sum(counters.buckets) == 0
     await asyncio.sleep(0)
-    assert [n for n, _ in observed] == [2]
+    assert sum(counters.buckets) == 2 and counters.buckets[-1] == 1
+    assert 100.0 < counters.processing_sum < 101.0
 
 
 async def test_a_room_frame_is_queued_once_and_joined_once_for_all_members():

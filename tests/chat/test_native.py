@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # The sans-I/O and socket-level tests of the compiled modules, run again on their sources.
 PLAIN_TESTS = ["test_wsframes.py", *(f"chat/test_{name}.py" for name in (
     "room", "outbox", "hub", "protocol", "framing", "ratelimit", "deflate", "client_socket",
-    "broker_memory", "node"))]
+    "broker_memory", "node", "counters"))]
 
 
 @pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler: the modules install as plain Python")

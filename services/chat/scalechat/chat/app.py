@@ -81,7 +81,7 @@ async def _node_ctx(app: web.Application):
     settings = app[settings_key]
     # The gauges read the hub at scrape time; the exporter starts after it exists.
     metrics = Metrics(lambda: hub.connection_count, lambda: hub.room_count, app[state_key]["facts"])
-    hub = Hub(asyncio.get_running_loop(), metrics.hot.observe_processing,
+    hub = Hub(asyncio.get_running_loop(), metrics.hot,
               settings.flush_interval_ms / 1000)
     budget = MemoryBudget(settings.memory_budget_bytes or default_limit())
     metrics.watch_budget(budget)

@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 
+from scalechat.chat.counters import HotCounters
 from scalechat.chat.framing import frame_text
 from scalechat.chat.outbox import Outbox
 from scalechat.chat.room import Room
@@ -51,14 +51,14 @@ class _Tier:
 
 
 class Hub:
-    def __init__(self, loop: asyncio.AbstractEventLoop,
-                 observe: Callable[[list[float], float], None], flush_interval: float = 0.0) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, counters: HotCounters,
+                 flush_interval: float = 0.0) -> None:
         self._loop = loop
         self._interval = flush_interval
         self._prompt = _Tier(0.0)
         self._batching = _Tier(flush_interval)
         self._rooms: dict[str, Room] = {}
-        self._observe = observe
+        self._counters = counters  # each flush observes its broadcasts' processing time
         self.connection_count = 0
 
     @property
@@ -170,4 +170,4 @@ class Hub:
             batch.flushed(now, len(frames), interval)
         if tier.received:
             received, tier.received = tier.received, []
-            self._observe(received, now)
+            self._counters.observe_processing(received, now)
