@@ -7,9 +7,10 @@ For each scenario (rooms x clients, 100-byte messages) and each server:
     measured from the *scheduled* send time, and where its tail comes from:
     the round trip's p99 from the moment the generator actually wrote the
     message (the difference is the generator's own lateness), scalechat's own
-    processing time p99 from its /metrics histogram (from a message's
-    arrival to its write to the last member, as a bucket bound), and the CPU
-    time the hypervisor stole from the machine meanwhile (/proc/stat);
+    processing time p99 from its /metrics histogram (from handling a message
+    to its write to the last member, as a bucket bound; not the wait before
+    its loop reads the socket), and the CPU time the hypervisor stole from
+    the machine meanwhile (/proc/stat);
   * at saturation (an offered load far above what either holds): delivered/s.
 
 The server runs pinned to core 0, the generator (this process) to core 1.
