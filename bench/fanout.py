@@ -40,7 +40,6 @@ import random
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -54,7 +53,8 @@ from scalechat.loadgen.wsclient import connect
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from document import Run  # noqa: E402  (a sibling script, not a package)
-from procs import cpu_split, start_scalechat, start_server, write_syscalls  # noqa: E402
+from procs import (cpu_split, machine_ticks, samples, start_scalechat, start_server,  # noqa: E402
+                   write_syscalls)
 
 SERVER_CORE, GENERATOR_CORE = 0, 1
 
@@ -98,14 +98,8 @@ PROCESSING = "scalechat_message_processing_seconds_bucket"
 
 def processing_buckets(metrics_port: int) -> dict[float, float]:
     """scalechat's processing-time histogram: upper bound (s) -> cumulative count."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    buckets = {}
-    for line in text.splitlines():
-        if line.startswith(PROCESSING + "{"):
-            bound = line.split('le="', 1)[1].split('"', 1)[0]
-            buckets[float(bound)] = float(line.rsplit(" ", 1)[1])
-    return buckets
+    return {float(series.split('le="', 1)[1].split('"', 1)[0]): count
+            for series, count in samples(metrics_port).items() if series.startswith(PROCESSING + "{")}
 
 
 def bucket_quantile(before: dict[float, float], after: dict[float, float], q: float) -> float:
@@ -116,12 +110,6 @@ def bucket_quantile(before: dict[float, float], after: dict[float, float], q: fl
         return float("nan")
     total = counts[-1][1]
     return next(bound for bound, cumulative in counts if cumulative >= q * total)
-
-
-def machine_ticks() -> tuple[int, int]:
-    """(stolen, all) CPU ticks of the whole machine so far (/proc/stat's first line)."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    return fields[7], sum(fields)
 
 
 class Sleeper:

@@ -36,7 +36,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -48,7 +47,7 @@ import uvloop
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from document import Run  # noqa: E402  (sibling scripts, not a package)
-from procs import start_scalechat  # noqa: E402
+from procs import cpu_seconds, samples, start_scalechat  # noqa: E402
 from slowloris import Attacker  # noqa: E402
 
 SERVER_CORE, CLIENT_CORE = 0, 1
@@ -78,22 +77,6 @@ class Result:
 
 def start_server(budget: int) -> tuple[subprocess.Popen, int, int]:
     return start_scalechat(SERVER_CORE, "--memory-budget-bytes", str(budget), "--log-level", "warning")
-
-
-def metrics(port: int) -> dict[str, float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_bytes(pid: int) -> int:
@@ -266,7 +249,7 @@ async def measure(name: str, seconds: float, pod: int) -> Result:
     stop.set()
     await probe_task
     up = proc.poll() is None
-    m = metrics(metrics_port) if up else {}
+    m = samples(metrics_port) if up else {}
     proc.terminate()
     proc.wait(15)
     ms = np.array(latencies) * 1000 if latencies else np.array([float("nan")])

@@ -60,6 +60,24 @@ def process_tree(pid: int) -> list[int]:
     return pids
 
 
+def machine_ticks() -> tuple[int, int]:
+    """(stolen, all) CPU ticks of the whole machine so far (/proc/stat's first line): the
+    share the hypervisor took from the VM."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return fields[7], sum(fields)
+
+
+def samples(metrics_port: int) -> dict[str, float]:
+    """A server's Prometheus samples on 127.0.0.1, by series (name with its labels)."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            series, _, value = line.rpartition(" ")
+            out[series] = float(value)
+    return out
+
+
 def write_syscalls(pid: int) -> int:
     """write/writev/send calls made by ``pid`` so far (``syscw`` in /proc/<pid>/io).
 
